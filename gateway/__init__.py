@@ -1,0 +1,1 @@
+"""The streamfan gateway: WebSocket fan-out and replay of Redis event streams."""

@@ -1,0 +1,106 @@
+"""The exception tree of streamfan.
+
+::
+
+    StreamfanError                  base of everything raised on purpose
+    ├── ConfigError                 a STREAMFAN_* setting is invalid (names the variable)
+    ├── InvalidStreamId             an id that does not match ^[A-Za-z0-9._:-]{1,128}$
+    ├── InvalidRequest              a chat request body that cannot be submitted
+    ├── InvalidEvent                bytes that are not a valid streamfan event
+    ├── StreamNotFound              no meta for this stream id
+    ├── RedisUnavailable            Redis could not be reached (translated at the I/O edge)
+    ├── TokenError                  a JWT that is missing, malformed, expired or not allowed
+    └── UpstreamError               the upstream failed; carries code, retryable, status
+        ├── UpstreamHTTPError       a non-2xx answer before the stream
+        ├── UpstreamStalled         no bytes / no content for too long
+        ├── UpstreamTruncated       the body ended without [DONE] or a finish_reason
+        └── UpstreamStreamError     a chunk carried an ``error`` object
+
+Third-party exceptions (``redis.*``, ``httpx.*``, ``jwt.*``) never leak past the
+module that does the I/O: they are raised again as one of these, ``from`` the
+original.
+"""
+
+from __future__ import annotations
+
+
+class StreamfanError(Exception):
+    """Base class of every exception streamfan raises on purpose."""
+
+
+class ConfigError(StreamfanError):
+    def __init__(self, variable: str, message: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {message}")
+
+
+class InvalidStreamId(StreamfanError, ValueError):
+    def __init__(self, stream_id: object) -> None:
+        self.stream_id = stream_id
+        shown = repr(stream_id)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(
+            f"invalid stream id {shown}: must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+        )
+
+
+class InvalidRequest(StreamfanError, ValueError):
+    """The chat request body cannot be submitted (nothing was written)."""
+
+
+class InvalidEvent(StreamfanError, ValueError):
+    """Bytes that do not decode to a streamfan event."""
+
+
+class StreamNotFound(StreamfanError, LookupError):
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(f"stream {stream_id!r} not found (never submitted, or expired)")
+
+
+class RedisUnavailable(StreamfanError, ConnectionError):
+    """Redis could not be reached."""
+
+
+class TokenError(StreamfanError):
+    """A token that is missing, malformed, expired, wrongly signed or not allowed."""
+
+
+class UpstreamError(StreamfanError):
+    """The upstream failed. ``code`` is the event's error code."""
+
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool = False,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+
+
+class UpstreamHTTPError(UpstreamError):
+    code = "upstream_http_error"
+
+
+class UpstreamStalled(UpstreamError):
+    code = "upstream_stalled"
+
+
+class UpstreamTruncated(UpstreamError):
+    code = "upstream_truncated"
+
+
+class UpstreamStreamError(UpstreamError):
+    code = "upstream_stream_error"

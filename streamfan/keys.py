@@ -1,0 +1,96 @@
+"""Redis key names and stream-id validation: the one place they are spelled.
+
+Every key of one stream carries the stream id in braces, a Redis Cluster hash
+tag, so all of them live in one slot and one Lua script may touch them all.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+
+from streamfan.errors import InvalidStreamId
+
+DEFAULT_PREFIX = "streamfan"
+
+#: design.md: valid ids match this; anything else never reaches Redis.
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+#: The field of a stream entry that holds the event as compact JSON.
+EVENT_FIELD = "e"
+
+#: Name of the arq job function; the arq job id *is* the stream id.
+JOB_FUNCTION = "chat_stream"
+
+
+def validate_stream_id(stream_id: object) -> str:
+    """Return ``stream_id`` if it is a valid id, else raise :class:`InvalidStreamId`."""
+    if not isinstance(stream_id, str) or STREAM_ID_RE.fullmatch(stream_id) is None:
+        raise InvalidStreamId(stream_id)
+    return stream_id
+
+
+def is_valid_stream_id(stream_id: object) -> bool:
+    return isinstance(stream_id, str) and STREAM_ID_RE.fullmatch(stream_id) is not None
+
+
+def new_stream_id() -> str:
+    """A fresh id with 122 bits of randomness (uuid4, hex without dashes)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix. ``Keys("streamfan").events("abc")``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def events(self, stream_id: str) -> str:
+        """Stream: one entry per event, field ``e``."""
+        return f"{self.prefix}:{{{stream_id}}}:events"
+
+    def meta(self, stream_id: str) -> str:
+        """Hash: status, timestamps, model, attempt, owner, usage, finish_reason, error."""
+        return f"{self.prefix}:{{{stream_id}}}:meta"
+
+    def live(self, stream_id: str) -> str:
+        """Pub/sub channel: wake-ups for gateways after each write."""
+        return f"{self.prefix}:{{{stream_id}}}:live"
+
+    def lease(self, stream_id: str) -> str:
+        """String: the token of the worker attempt that currently owns the stream."""
+        return f"{self.prefix}:{{{stream_id}}}:lease"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/sub channel: stream ids whose jobs were cancelled (workers listen)."""
+        return f"{self.prefix}:cancel"
+
+    def stream_id_from_live(self, channel: str) -> str | None:
+        """Inverse of :meth:`live`, or None if ``channel`` is not one of ours."""
+        head = f"{self.prefix}:{{"
+        tail = "}:live"
+        if channel.startswith(head) and channel.endswith(tail):
+            sid = channel[len(head) : -len(tail)]
+            return sid if is_valid_stream_id(sid) else None
+        return None
+
+
+#: Meta hash fields.
+class Meta:
+    STATUS = "status"
+    CREATED_AT = "created_at"
+    UPDATED_AT = "updated_at"
+    MODEL = "model"
+    ATTEMPT = "attempt"
+    OWNER = "owner"
+    USAGE = "usage"
+    FINISH_REASON = "finish_reason"
+    ERROR = "error"
+    #: Set by a cancel request; the worker stops at once when it sees it.
+    CANCEL = "cancel"
+    #: Id of the newest entry written (used to prove a wake-up skipped nothing).
+    LAST_ID = "last_id"
+    #: How many events the current attempt has written (makes writes idempotent).
+    SEQ = "seq"

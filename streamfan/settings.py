@@ -1,0 +1,232 @@
+"""Settings: one frozen object per process, built once from ``STREAMFAN_*``.
+
+Every field below is read from the environment variable ``STREAMFAN_`` + its
+upper-cased name; CLI flags override them through ``Settings.from_env(**overrides)``.
+A bad value fails at start-up with a :class:`ConfigError` that names the variable.
+``docs/operations.md`` lists the same table (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from streamfan.errors import ConfigError
+from streamfan.keys import DEFAULT_PREFIX, Keys
+
+ENV_PREFIX = "STREAMFAN_"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("expected a number >= 0")
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a port number 0-65535")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    scheme = urlsplit(raw).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _http_url(raw: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _optional_str(raw: str) -> str | None:
+    return raw or None
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _prefix(raw: str) -> str:
+    if not raw or any(c in raw for c in "{} \t\r\n"):
+        raise ValueError("expected a non-empty prefix without braces or whitespace")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def setting(default: Any, doc: str, cast: Callable[[str], Any]) -> Any:
+    return field(default=default, metadata={"doc": doc, "cast": cast})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- shared -----------------------------------------------------------------
+    redis_url: str = setting(
+        "redis://127.0.0.1:6379/0", "Redis holding the arq queue (and events by default)",
+        _redis_url,
+    )
+    events_redis_url: str | None = setting(
+        None, "Redis for the event streams, if not the queue's", _optional_str
+    )
+    prefix: str = setting(DEFAULT_PREFIX, "Prefix of every streamfan key", _prefix)
+    retention_s: float = setting(
+        86400.0, "TTL of a finished stream's keys, seconds", _positive_float
+    )
+    maxlen: int = setting(100_000, "Approximate cap on entries of one stream", _positive_int)
+    jwt_secret: str | None = setting(
+        None, "HS256 secret for subscribe tokens (gateway, client API)", _optional_str
+    )
+    token_ttl_s: float = setting(3600.0, "Lifetime of minted tokens, seconds", _positive_float)
+    queue_name: str = setting("arq:queue", "arq queue name", str)
+    log_level: str = setting("INFO", "Log level", _log_level)
+
+    # --- worker -----------------------------------------------------------------
+    upstream_base_url: str = setting(
+        "https://api.openai.com/v1", "OpenAI-compatible base URL (…/v1)", _http_url
+    )
+    upstream_api_key: str | None = setting(
+        None, "Upstream API key (falls back to OPENAI_API_KEY)", _optional_str
+    )
+    upstream_connect_timeout_s: float = setting(
+        10.0, "Connect timeout to the upstream, seconds", _positive_float
+    )
+    upstream_read_timeout_s: float = setting(
+        60.0, "Error when the upstream sends no bytes for this long, seconds", _positive_float
+    )
+    upstream_idle_timeout_s: float = setting(
+        120.0,
+        "Error when the upstream sends no content (only keep-alives) for this long, seconds",
+        _positive_float,
+    )
+    max_attempts: int = setting(5, "Attempts per job before it ends with error", _positive_int)
+    retry_base_s: float = setting(0.5, "First retry backoff, seconds (doubles)", _positive_float)
+    retry_max_s: float = setting(30.0, "Longest retry backoff, seconds", _positive_float)
+    worker_max_jobs: int = setting(1000, "Concurrent streams per worker process", _positive_int)
+    worker_poll_delay_s: float = setting(
+        0.05, "arq queue poll interval, seconds", _positive_float
+    )
+    job_timeout_s: float = setting(
+        3600.0, "Longest a single generation may run, seconds", _positive_float
+    )
+    lease_s: float = setting(
+        10.0, "Lease of a running job; a killed worker's job restarts after it", _positive_float
+    )
+    health_check_interval_s: float = setting(
+        10.0, "arq health-check interval, seconds", _positive_float
+    )
+
+    # --- gateway ----------------------------------------------------------------
+    host: str = setting("127.0.0.1", "Gateway listen address", str)
+    port: int = setting(8765, "Gateway listen port (0 = pick a free one)", _port)
+    insecure_no_auth: bool = setting(False, "Serve without tokens (development only)", _bool)
+    allowed_origins: tuple[str, ...] = setting(
+        (), "Comma-separated Origins allowed to open a WebSocket (empty = any)", _csv
+    )
+    max_subscriptions: int = setting(
+        100, "Subscriptions per connection", _positive_int
+    )
+    max_frame_bytes: int = setting(
+        16384, "Largest client frame; bigger closes the connection", _positive_int
+    )
+    max_messages_per_s: float = setting(
+        50.0, "Sustained client messages per second before a flood close", _positive_float
+    )
+    send_buffer_bytes: int = setting(
+        1_048_576, "Unsent bytes per socket before a too_slow disconnect", _positive_int
+    )
+    ping_interval_s: float = setting(20.0, "Keepalive ping interval, seconds", _positive_float)
+    ping_timeout_s: float = setting(20.0, "Keepalive pong timeout, seconds", _positive_float)
+    handshake_timeout_s: float = setting(
+        10.0, "Time to finish the WebSocket handshake, seconds", _positive_float
+    )
+    compression: bool = setting(False, "permessage-deflate (off: encode once)", _bool)
+    read_pool_size: int = setting(8, "Redis connections for history reads", _positive_int)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build from ``environ`` (default ``os.environ``); ``None`` overrides are ignored."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None and f.name == "upstream_api_key":
+                raw = env.get("OPENAI_API_KEY")
+            if raw is not None:
+                try:
+                    values[f.name] = f.metadata["cast"](raw)
+                except ValueError as exc:
+                    raise ConfigError(name, f"invalid value {raw!r}: {exc}") from None
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in {f.name for f in dataclasses.fields(cls)}:
+                raise TypeError(f"unknown setting {key!r}")
+            values[key] = value
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.prefix)
+
+    @property
+    def events_url(self) -> str:
+        return self.events_redis_url or self.redis_url
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting, for docs and ``--help``."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = "" if default is None or default == () else str(default)
+        rows.append((ENV_PREFIX + f.name.upper(), shown, f.metadata["doc"]))
+    return rows

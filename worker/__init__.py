@@ -1,0 +1,1 @@
+"""The streamfan worker: an arq function that streams one upstream reply into Redis."""
