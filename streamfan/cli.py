@@ -18,7 +18,10 @@ from streamfan.errors import ConfigError, StreamfanError
 
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("streamfan.up", "run everything on this machine (Redis, mock upstream, worker, gateway)"),
+    "up": (
+        "streamfan.up",
+        "run everything on this machine (Redis, mock upstream, worker, gateway)",
+    ),
     "worker": ("worker.cli", "run an arq worker that streams chat jobs into Redis"),
     "gateway": ("gateway.cli", "run the WebSocket gateway"),
     "submit": ("streamfan.commands", "enqueue a chat job; print its stream id and token"),

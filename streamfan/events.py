@@ -80,9 +80,7 @@ def done(finish_reason: str | None, usage_obj: dict[str, Any] | None) -> Event:
     return {"type": DONE, "finish_reason": finish_reason, "usage": usage_obj}
 
 
-def error(
-    code: str, message: str, *, retryable: bool, upstream_status: int | None = None
-) -> Event:
+def error(code: str, message: str, *, retryable: bool, upstream_status: int | None = None) -> Event:
     ev: Event = {"type": ERROR, "code": code, "message": message, "retryable": retryable}
     if upstream_status is not None:
         ev["upstream_status"] = upstream_status

@@ -93,13 +93,20 @@ class RedisServer:
     def _args(self) -> list[str]:
         args = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", self.host,
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--daemonize", "no",
-            "--loglevel", "warning",
-            "--protected-mode", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+            "--protected-mode",
+            "no",
         ]
         if self.persistent:
             args += ["--appendonly", "yes", "--appendfsync", "everysec"]

@@ -105,7 +105,8 @@ def setting(default: Any, doc: str, cast: Callable[[str], Any]) -> Any:
 class Settings:
     # --- shared -----------------------------------------------------------------
     redis_url: str = setting(
-        "redis://127.0.0.1:6379/0", "Redis holding the arq queue (and events by default)",
+        "redis://127.0.0.1:6379/0",
+        "Redis holding the arq queue (and events by default)",
         _redis_url,
     )
     events_redis_url: str | None = setting(
@@ -145,9 +146,7 @@ class Settings:
     retry_base_s: float = setting(0.5, "First retry backoff, seconds (doubles)", _positive_float)
     retry_max_s: float = setting(30.0, "Longest retry backoff, seconds", _positive_float)
     worker_max_jobs: int = setting(1000, "Concurrent streams per worker process", _positive_int)
-    worker_poll_delay_s: float = setting(
-        0.05, "arq queue poll interval, seconds", _positive_float
-    )
+    worker_poll_delay_s: float = setting(0.05, "arq queue poll interval, seconds", _positive_float)
     job_timeout_s: float = setting(
         3600.0, "Longest a single generation may run, seconds", _positive_float
     )
@@ -165,9 +164,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = setting(
         (), "Comma-separated Origins allowed to open a WebSocket (empty = any)", _csv
     )
-    max_subscriptions: int = setting(
-        100, "Subscriptions per connection", _positive_int
-    )
+    max_subscriptions: int = setting(100, "Subscriptions per connection", _positive_int)
     max_frame_bytes: int = setting(
         16384, "Largest client frame; bigger closes the connection", _positive_int
     )
@@ -186,9 +183,7 @@ class Settings:
     read_pool_size: int = setting(8, "Redis connections for history reads", _positive_int)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build from ``environ`` (default ``os.environ``); ``None`` overrides are ignored."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -1,0 +1,168 @@
+"""The Lua scripts that change a stream: the whole write-side state machine of Redis.
+
+Every change to a stream goes through one of these, so each is atomic and a
+round trip. They share the ``append`` helper: ``XADD`` each event (``MAXLEN ~``),
+record the newest id in meta ``last_id``, and ``PUBLISH`` one wake-up carrying
+the previous id and the new entries (format in :mod:`streamfan.wakeup`).
+
+All scripts take the same four keys, in this order (one hash slot, thanks to the
+``{ID}`` tag): meta, events, live channel (passed as a key so the slot is known),
+lease. Times are passed in by the caller (milliseconds), not read in Lua.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+_COMMON: Final = r"""
+local meta, events, live, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+
+local function append(maxlen, evs, first, last)
+  local prev = redis.call('HGET', meta, 'last_id') or '0-0'
+  local out = {prev}
+  local ids = {}
+  for i = first, last do
+    local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'e', evs[i])
+    ids[#ids + 1] = id
+    out[#out + 1] = id
+    out[#out + 1] = evs[i]
+  end
+  if #ids > 0 then
+    redis.call('HSET', meta, 'last_id', ids[#ids])
+    redis.call('PUBLISH', live, table.concat(out, '\n'))
+  end
+  return ids
+end
+
+local function finish(status, now, retention_ms)
+  redis.call('HSET', meta, 'status', status, 'updated_at', now)
+  redis.call('HDEL', meta, 'cancel')
+  redis.call('PEXPIRE', meta, retention_ms)
+  redis.call('PEXPIRE', events, retention_ms)
+  redis.call('DEL', lease)
+end
+
+local function is_finished(status)
+  return status == 'done' or status == 'error' or status == 'cancelled'
+end
+"""
+
+#: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
+#: ARGV: now_ms, model, owner, queued_ttl_ms
+CREATE: Final = (
+    _COMMON
+    + r"""
+if redis.call('EXISTS', meta) == 1 then return 0 end
+redis.call('HSET', meta, 'status', 'queued', 'created_at', ARGV[1], 'updated_at', ARGV[1],
+           'model', ARGV[2], 'owner', ARGV[3], 'attempt', 0, 'seq', 0)
+redis.call('PEXPIRE', meta, ARGV[4])
+return 1
+"""
+)
+
+#: cancel(): end a queued stream at once, flag a running one for its worker.
+#: ARGV: now_ms, reason, cancelled_event_json, retention_ms, maxlen, cancel_channel, stream_id
+#: Returns the status after the call: 'not_found', a finished status, 'cancelled'
+#: (ended here) or 'cancelling' (the worker will write ``cancelled``).
+CANCEL: Final = (
+    _COMMON
+    + r"""
+local status = redis.call('HGET', meta, 'status')
+if not status then return 'not_found' end
+if is_finished(status) then return status end
+if status == 'queued' then
+  append(ARGV[5], {ARGV[3]}, 1, 1)
+  finish('cancelled', ARGV[1], ARGV[4])
+  return 'cancelled'
+end
+redis.call('HSET', meta, 'cancel', ARGV[2], 'updated_at', ARGV[1])
+redis.call('PUBLISH', ARGV[6], ARGV[7])
+return 'cancelling'
+"""
+)
+
+#: Worker: claim the next attempt of a stream.
+#: ARGV: token, lease_ms, now_ms, model, safety_ttl_ms, max_attempts,
+#:       exhausted_error_event_json, cancelled_event_json, retention_ms, maxlen
+#: Returns {'run', attempt, had_events} | {'finished', status} | {'busy', pttl}
+#:       | {'cancelled'} | {'exhausted', attempt}
+BEGIN: Final = (
+    _COMMON
+    + r"""
+local token, now = ARGV[1], ARGV[3]
+local status = redis.call('HGET', meta, 'status')
+if not status then
+  -- enqueued straight into arq by a service that wrote no meta: adopt the job
+  redis.call('HSET', meta, 'status', 'queued', 'created_at', now, 'model', ARGV[4],
+             'owner', '', 'attempt', 0, 'seq', 0)
+  status = 'queued'
+end
+if is_finished(status) then return {'finished', status} end
+local holder = redis.call('GET', lease)
+if holder and holder ~= token then return {'busy', redis.call('PTTL', lease)} end
+if redis.call('HGET', meta, 'cancel') then
+  append(ARGV[10], {ARGV[8]}, 1, 1)
+  finish('cancelled', now, ARGV[9])
+  return {'cancelled'}
+end
+local attempt = redis.call('HINCRBY', meta, 'attempt', 1)
+if attempt > tonumber(ARGV[6]) then
+  append(ARGV[10], {ARGV[7]}, 1, 1)
+  redis.call('HSET', meta, 'error', ARGV[7])
+  finish('error', now, ARGV[9])
+  return {'exhausted', attempt}
+end
+redis.call('HSET', meta, 'status', 'running', 'seq', 0, 'updated_at', now)
+redis.call('SET', lease, token, 'PX', ARGV[2])
+redis.call('PEXPIRE', meta, ARGV[5])
+redis.call('PEXPIRE', events, ARGV[5])
+local had = 0
+if redis.call('XLEN', events) > 0 then had = 1 end
+return {'run', attempt, had}
+"""
+)
+
+#: Worker: append events of one attempt. Idempotent by (attempt, seq): events
+#: already written by a lost-reply retry are skipped; a stale attempt is refused.
+#: ARGV: attempt, seq, maxlen, now_ms, final_status ('' unless terminal),
+#:       retention_ms, n_meta_pairs, [field, value]*, event_json*
+#: Returns {'ok', cancel_reason_or_empty, id*} | {'stale', attempt} | {'finished', status}
+#:       | {'gap', have} | {'gone'}
+APPEND: Final = (
+    _COMMON
+    + r"""
+local cur = redis.call('HGET', meta, 'attempt')
+if not cur then return {'gone'} end
+if tonumber(cur) ~= tonumber(ARGV[1]) then return {'stale', cur} end
+local status = redis.call('HGET', meta, 'status')
+if is_finished(status) then return {'finished', status} end
+local have = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local first = tonumber(ARGV[2])
+if first > have then return {'gap', have} end
+local npairs = tonumber(ARGV[7])
+local base = 7 + 2 * npairs
+local evs = {}
+for i = base + 1, #ARGV do evs[#evs + 1] = ARGV[i] end
+local skip = have - first
+local ids = append(ARGV[3], evs, skip + 1, #evs)
+redis.call('HSET', meta, 'seq', have + #ids, 'updated_at', ARGV[4])
+for i = 1, npairs do
+  redis.call('HSET', meta, ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+end
+if ARGV[5] ~= '' then finish(ARGV[5], ARGV[4], ARGV[6]) end
+local out = {'ok', redis.call('HGET', meta, 'cancel') or ''}
+for i = 1, #ids do out[#out + 1] = ids[i] end
+return out
+"""
+)
+
+#: Worker: extend the lease while still holding it; report a pending cancel.
+#: ARGV: token, lease_ms. Returns {1, cancel_reason_or_empty} or {0, ''} if lost.
+RENEW: Final = (
+    _COMMON
+    + r"""
+if redis.call('GET', lease) ~= ARGV[1] then return {0, ''} end
+redis.call('PEXPIRE', lease, ARGV[2])
+return {1, redis.call('HGET', meta, 'cancel') or ''}
+"""
+)

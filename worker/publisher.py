@@ -1,0 +1,201 @@
+"""The worker's writes to Redis: claim an attempt, append events, keep the lease.
+
+One :class:`Publisher` per worker process (it holds the registered scripts);
+one :class:`AttemptWriter` per attempt of a stream. Every append is one
+``EVALSHA`` round trip that writes all the events it is given, updates meta,
+and publishes one wake-up. Appends are idempotent: each carries the attempt
+number and the sequence number of its first event, so a call retried after a
+lost reply adds nothing twice, and a call from an attempt that has since been
+superseded (this worker lost its lease) is refused with :class:`LeaseLost`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from streamfan import events, scripts
+from streamfan.errors import RedisUnavailable, StreamfanError
+from streamfan.events import Event
+from streamfan.keys import Keys
+from streamfan.settings import Settings
+from streamfan.store import now_ms, redis_errors, stream_keys
+
+log = logging.getLogger(__name__)
+
+#: How often a failed write is retried (with the same seq, so nothing doubles).
+WRITE_TRIES = 3
+
+
+class PublishError(StreamfanError):
+    """A write was refused; the attempt must stop without writing anything else."""
+
+
+class LeaseLost(PublishError):
+    """A newer attempt owns the stream (or it is gone): this one must stop quietly."""
+
+
+class StreamFinished(PublishError):
+    """The stream already ended (e.g. cancelled while queued)."""
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"stream already {status}")
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The outcome of :meth:`Publisher.begin`."""
+
+    outcome: str  # 'run' | 'finished' | 'busy' | 'cancelled' | 'exhausted'
+    attempt: int = 0
+    had_events: bool = False
+    status: str = ""
+    busy_ms: int = 0
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Publisher:
+    def __init__(self, r: aioredis.Redis, settings: Settings) -> None:
+        self.r = r
+        self.settings = settings
+        self.keys: Keys = settings.keys
+        self._begin = r.register_script(scripts.BEGIN)
+        self._append = r.register_script(scripts.APPEND)
+        self._renew = r.register_script(scripts.RENEW)
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.settings.lease_s * 1000)
+
+    @property
+    def retention_ms(self) -> int:
+        return int(self.settings.retention_s * 1000)
+
+    async def begin(self, stream_id: str, token: str, model: str) -> Claim:
+        s = self.settings
+        exhausted = events.error(
+            "attempts_exhausted",
+            f"gave up after {s.max_attempts} attempts",
+            retryable=False,
+        )
+        async with redis_errors():
+            res = await self._begin(
+                stream_keys(self.keys, stream_id),
+                [
+                    token,
+                    self.lease_ms,
+                    now_ms(),
+                    model,
+                    int((s.job_timeout_s + s.retention_s) * 1000),
+                    s.max_attempts,
+                    events.encode_event(exhausted),
+                    events.encode_event(events.cancelled("cancelled before start")),
+                    self.retention_ms,
+                    s.maxlen,
+                ],
+            )
+        outcome = _s(res[0])
+        if outcome == "run":
+            return Claim("run", attempt=int(res[1]), had_events=bool(int(res[2])))
+        if outcome == "finished":
+            return Claim("finished", status=_s(res[1]))
+        if outcome == "busy":
+            return Claim("busy", busy_ms=max(int(res[1]), 0))
+        if outcome == "exhausted":
+            return Claim("exhausted", attempt=int(res[1]))
+        return Claim(outcome)
+
+    async def renew(self, stream_id: str, token: str) -> tuple[bool, str]:
+        """Extend the lease. Returns (still held, pending cancel reason or '')."""
+        async with redis_errors():
+            held, cancel = await self._renew(
+                stream_keys(self.keys, stream_id), [token, self.lease_ms]
+            )
+        return bool(int(held)), _s(cancel)
+
+    def writer(self, stream_id: str, attempt: int) -> AttemptWriter:
+        return AttemptWriter(self, stream_id, attempt)
+
+
+class AttemptWriter:
+    """Appends the events of one attempt, in order, each batch one round trip."""
+
+    def __init__(self, publisher: Publisher, stream_id: str, attempt: int) -> None:
+        self.publisher = publisher
+        self.stream_id = stream_id
+        self.attempt = attempt
+        self.seq = 0
+        #: A cancel reason reported by the last write ('' if none).
+        self.cancel_requested = ""
+        self.last_ids: list[str] = []
+
+    async def write(
+        self,
+        batch: list[Event],
+        *,
+        final_status: str = "",
+        meta: dict[str, str] | None = None,
+    ) -> list[str]:
+        """Append ``batch``; with ``final_status`` the stream ends and gets its TTL."""
+        if not batch and not final_status:
+            return []
+        pub = self.publisher
+        pairs: list[str] = []
+        for field, value in (meta or {}).items():
+            pairs += [field, value]
+        args: list[Any] = [
+            self.attempt,
+            self.seq,
+            pub.settings.maxlen,
+            now_ms(),
+            final_status,
+            pub.retention_ms,
+            len(pairs) // 2,
+            *pairs,
+            *(events.encode_event(e) for e in batch),
+        ]
+        keys = stream_keys(pub.keys, self.stream_id)
+        for tries in range(1, WRITE_TRIES + 1):
+            try:
+                res = await pub._append(keys, args)
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                # The script may or may not have run: retrying with the same seq
+                # is safe, the script skips what it already wrote.
+                if tries == WRITE_TRIES:
+                    raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
+                log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
+        outcome = _s(res[0])
+        if outcome == "ok":
+            self.cancel_requested = _s(res[1])
+            ids = [_s(i) for i in res[2:]]
+            self.seq += len(batch)
+            self.last_ids = ids
+            return ids
+        if outcome == "finished":
+            raise StreamFinished(_s(res[1]))
+        if outcome in ("stale", "gone"):
+            raise LeaseLost(f"stream {self.stream_id}: attempt {self.attempt} superseded")
+        raise PublishError(f"stream {self.stream_id}: write refused ({outcome})")
+
+    async def finish(self, terminal: Event) -> list[str]:
+        """Write the terminal event and the meta fields that go with it."""
+        etype = terminal["type"]
+        meta: dict[str, str] = {}
+        if etype == events.DONE:
+            if terminal.get("usage") is not None:
+                meta["usage"] = orjson.dumps(terminal["usage"]).decode()
+            if terminal.get("finish_reason") is not None:
+                meta["finish_reason"] = str(terminal["finish_reason"])
+        elif etype == events.ERROR:
+            meta["error"] = events.encode_event(terminal).decode()
+        return await self.write([terminal], final_status=events.TERMINAL_STATUS[etype], meta=meta)
