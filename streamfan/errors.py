@@ -8,6 +8,7 @@
     ├── InvalidRequest              a chat request body that cannot be submitted
     ├── InvalidEvent                bytes that are not a valid streamfan event
     ├── StreamNotFound              no meta for this stream id
+    ├── HistoryGone                 the position asked for was trimmed or expired
     ├── RedisUnavailable            Redis could not be reached (translated at the I/O edge)
     ├── TokenError                  a JWT that is missing, malformed, expired or not allowed
     └── UpstreamError               the upstream failed; carries code, retryable, status
@@ -57,6 +58,16 @@ class StreamNotFound(StreamfanError, LookupError):
     def __init__(self, stream_id: str) -> None:
         self.stream_id = stream_id
         super().__init__(f"stream {stream_id!r} not found (never submitted, or expired)")
+
+
+class HistoryGone(StreamfanError, LookupError):
+    def __init__(self, stream_id: str, position: str) -> None:
+        self.stream_id = stream_id
+        self.position = position
+        super().__init__(
+            f"stream {stream_id!r}: history after {position} is gone (trimmed or expired); "
+            "start again from '0'"
+        )
 
 
 class RedisUnavailable(StreamfanError, ConnectionError):

@@ -114,11 +114,13 @@ class Publisher:
             return Claim("exhausted", attempt=int(res[1]))
         return Claim(outcome)
 
-    async def renew(self, stream_id: str, token: str) -> tuple[bool, str]:
+    async def renew(
+        self, stream_id: str, token: str, *, lease_ms: int | None = None
+    ) -> tuple[bool, str]:
         """Extend the lease. Returns (still held, pending cancel reason or '')."""
         async with redis_errors():
             held, cancel = await self._renew(
-                stream_keys(self.keys, stream_id), [token, self.lease_ms]
+                stream_keys(self.keys, stream_id), [token, lease_ms or self.lease_ms]
             )
         return bool(int(held)), _s(cancel)
 

@@ -1,0 +1,246 @@
+"""The client API for backend services: submit, events, result, status, cancel.
+
+::
+
+    async with streamfan.Client.from_url("redis://localhost:6379/0") as sf:
+        sub = await sf.submit({"model": "gpt-4o-mini", "messages": [...]})
+        async for entry_id, event in sf.events(sub.stream_id, from_="0"):
+            ...
+        reply = await sf.result(sub.stream_id)
+
+It talks to Redis only: the arq queue to enqueue, the event streams to read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio as aioredis
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings
+
+from streamfan import events
+from streamfan.assembler import Assembler
+from streamfan.errors import HistoryGone, StreamfanError, StreamNotFound, TokenError
+from streamfan.events import Event, decode_event
+from streamfan.history import FROM_NOW, is_trimmed_past, validate_position
+from streamfan.keys import EVENT_FIELD, JOB_FUNCTION, new_stream_id, validate_stream_id
+from streamfan.requests import validate_chat_request
+from streamfan.serialization import job_deserializer, job_serializer
+from streamfan.settings import Settings
+from streamfan.store import (
+    StreamMeta,
+    create_meta,
+    read_meta,
+    redis_errors,
+    request_cancel,
+)
+from streamfan.tokens import mint_token
+
+#: How long one blocking read waits before checking the stream still exists.
+BLOCK_MS = 5000
+#: Entries fetched per read.
+READ_COUNT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """What :meth:`Client.submit` returns: hand ``stream_id`` and ``token`` to a browser."""
+
+    stream_id: str
+    #: A subscribe token for this stream, or None when no JWT secret is configured.
+    token: str | None
+    #: False when the id was already submitted (idempotent: no second job ran).
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The finished reply, assembled from the stream's events."""
+
+    stream_id: str
+    status: str
+    message: dict[str, Any]
+    finish_reason: str | None
+    usage: dict[str, Any] | None
+    error: dict[str, Any] | None
+    #: The same reply shaped as an OpenAI ``ChatCompletion`` dict.
+    chat_completion: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        content = self.message.get("content")
+        return content if isinstance(content, str) else ""
+
+
+class Client:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self._queue: ArqRedis | None = None
+        self._events: aioredis.Redis | None = None
+
+    @classmethod
+    def from_url(
+        cls, url: str | None = None, *, settings: Settings | None = None, **overrides: Any
+    ) -> Client:
+        """A client for the Redis at ``url`` (default: ``STREAMFAN_REDIS_URL``)."""
+        base = settings or Settings.from_env(**overrides)
+        if url is not None:
+            base = base.replace(redis_url=url)
+        return cls(base)
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        s = self.settings
+        if self._queue is None:
+            async with redis_errors():
+                self._queue = await create_pool(
+                    RedisSettings.from_dsn(s.redis_url),
+                    job_serializer=job_serializer,
+                    job_deserializer=job_deserializer,
+                    default_queue_name=s.queue_name,
+                    retry=0,
+                )
+        if self._events is None:
+            self._events = aioredis.Redis.from_url(s.events_url)
+
+    async def aclose(self) -> None:
+        if self._queue is not None:
+            await self._queue.aclose()
+            self._queue = None
+        if self._events is not None:
+            await self._events.aclose()
+            self._events = None
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._events is None:
+            raise StreamfanError("the client is not connected: use 'async with Client(...)'")
+        return self._events
+
+    # --- writing ------------------------------------------------------------------
+
+    async def submit(
+        self,
+        request: Mapping[str, Any],
+        *,
+        stream_id: str | None = None,
+        owner: str | None = None,
+    ) -> Submission:
+        """Write the stream's meta and enqueue its job; idempotent on ``stream_id``."""
+        body = validate_chat_request(dict(request) if isinstance(request, Mapping) else request)
+        sid = new_stream_id() if stream_id is None else validate_stream_id(stream_id)
+        if owner is not None and not isinstance(owner, str):
+            raise StreamfanError("owner must be a string")
+        await self.connect()
+        assert self._queue is not None
+        created = await create_meta(self.redis, self.keys, sid, model=body["model"], owner=owner)
+        if not created:
+            meta = await read_meta(self.redis, self.keys, sid)
+            if meta is None or meta.status != events.STATUS_QUEUED:
+                return Submission(sid, self._mint([sid]), created=False)
+        # arq answers None when this job id is queued, running or kept as a result:
+        # that is the idempotent case (a retried submit after a crash lands here too).
+        async with redis_errors():
+            await self._queue.enqueue_job(JOB_FUNCTION, body, _job_id=sid)
+        return Submission(sid, self._mint([sid]), created=created)
+
+    async def cancel(self, stream_id: str, reason: str = "cancelled by client") -> str:
+        """Cancel a stream; returns its status afterwards (``cancelling`` while the
+        worker stops). Raises :class:`StreamNotFound` for an unknown id."""
+        validate_stream_id(stream_id)
+        await self.connect()
+        s = self.settings
+        status = await request_cancel(
+            self.redis, self.keys, stream_id, reason=reason,
+            retention_s=s.retention_s, maxlen=s.maxlen,
+        )
+        if status == "not_found":
+            raise StreamNotFound(stream_id)
+        return status
+
+    def token(self, stream_ids: Iterable[str], *, ttl_s: float | None = None,
+              cancel: bool = False) -> str:
+        """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``)."""
+        if not self.settings.jwt_secret:
+            raise TokenError("no JWT secret configured (STREAMFAN_JWT_SECRET)")
+        return mint_token(
+            self.settings.jwt_secret, stream_ids,
+            ttl_s=ttl_s or self.settings.token_ttl_s, cancel=cancel,
+        )
+
+    def _mint(self, stream_ids: list[str]) -> str | None:
+        return self.token(stream_ids) if self.settings.jwt_secret else None
+
+    # --- reading ------------------------------------------------------------------
+
+    async def status(self, stream_id: str) -> StreamMeta:
+        validate_stream_id(stream_id)
+        await self.connect()
+        meta = await read_meta(self.redis, self.keys, stream_id)
+        if meta is None:
+            raise StreamNotFound(stream_id)
+        return meta
+
+    async def events(
+        self, stream_id: str, from_: str = "0"
+    ) -> AsyncIterator[tuple[str, Event]]:
+        """Yield ``(entry_id, event)`` from ``from_`` until the terminal event."""
+        validate_stream_id(stream_id)
+        position = validate_position(from_)
+        await self.connect()
+        r = self.redis
+        key = self.keys.events(stream_id)
+        if await read_meta(r, self.keys, stream_id) is None:
+            if position not in ("0", FROM_NOW):
+                raise HistoryGone(stream_id, position)
+            raise StreamNotFound(stream_id)
+        async with redis_errors():
+            if await is_trimmed_past(r, key, position):
+                raise HistoryGone(stream_id, position)
+            if position == FROM_NOW:
+                last = await r.xrevrange(key, count=1)
+                position = last[0][0].decode() if last else "0-0"
+        while True:
+            async with redis_errors():
+                reply = await r.xread({key: position}, count=READ_COUNT, block=BLOCK_MS)
+            if not reply:
+                if await read_meta(r, self.keys, stream_id) is None:
+                    raise StreamNotFound(stream_id)
+                continue
+            for raw_id, fields in reply[0][1]:
+                position = raw_id.decode()
+                event = decode_event(fields[EVENT_FIELD.encode()])
+                yield position, event
+                if events.is_terminal(event):
+                    return
+
+    async def result(self, stream_id: str) -> Result:
+        """Wait for the stream to end; return the assembled reply."""
+        assembler = Assembler()
+        async for _id, event in self.events(stream_id, from_="0"):
+            assembler.feed(event)
+        meta = await self.status(stream_id)
+        return Result(
+            stream_id=stream_id,
+            status=meta.status,
+            message=assembler.message(),
+            finish_reason=assembler.finish_reason,
+            usage=assembler.usage,
+            error=assembler.error,
+            chat_completion=assembler.chat_completion(
+                stream_id, meta.model or "", int((meta.created_at or 0) / 1000)
+            ),
+        )

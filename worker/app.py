@@ -1,0 +1,85 @@
+"""The arq worker's settings and lifecycle: what ``arq worker.WorkerSettings`` runs.
+
+Shared clients are created in ``on_startup`` and closed in ``on_shutdown`` (arq's
+way); everything is configured from one :class:`~streamfan.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from arq import func
+from arq.connections import RedisSettings
+
+from streamfan.keys import JOB_FUNCTION
+from streamfan.serialization import job_deserializer, job_serializer
+from streamfan.settings import Settings
+from worker.cancels import CancelRegistry
+from worker.job import STATE_KEY, WorkerState, chat_stream
+from worker.publisher import Publisher
+from worker.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+#: arq's try limit, far above ours: when arq's tries run out it never calls the
+#: function again, and nothing would write the stream's terminal event.
+ARQ_MAX_TRIES = 1_000_000
+#: arq's timeout sits above ours so that our own deadline writes the error event.
+ARQ_TIMEOUT_MARGIN_S = 60.0
+
+
+def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
+    """keyword arguments for ``arq.Worker`` (also the ``WorkerSettings`` mapping)."""
+    s = settings or Settings.from_env()
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        events_redis = aioredis.Redis.from_url(s.events_url, health_check_interval=10)
+        queue_redis = ctx["redis"]
+        cancels = CancelRegistry(events_redis, s.keys.cancel_channel)
+        cancels.start()
+        ctx[STATE_KEY] = WorkerState(
+            settings=s,
+            events_redis=events_redis,
+            queue_redis=queue_redis,
+            publisher=Publisher(events_redis, s),
+            upstream=Upstream(s),
+            cancels=cancels,
+        )
+        if not s.upstream_api_key:
+            log.warning("no upstream API key (STREAMFAN_UPSTREAM_API_KEY / OPENAI_API_KEY)")
+        log.info("worker ready: upstream %s, max_jobs %d", s.upstream_base_url, s.worker_max_jobs)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        state: WorkerState | None = ctx.get(STATE_KEY)
+        if state is None:
+            return
+        await state.cancels.stop()
+        await state.upstream.aclose()
+        await state.events_redis.aclose()
+
+    return {
+        "functions": [
+            func(
+                chat_stream,
+                name=JOB_FUNCTION,
+                max_tries=ARQ_MAX_TRIES,
+                timeout=s.job_timeout_s + ARQ_TIMEOUT_MARGIN_S,
+                # The stream holds the result; an arq result would copy the request.
+                keep_result=0,
+            )
+        ],
+        "redis_settings": RedisSettings.from_dsn(s.redis_url),
+        "queue_name": s.queue_name,
+        "max_jobs": s.worker_max_jobs,
+        "poll_delay": s.worker_poll_delay_s,
+        "job_serializer": job_serializer,
+        "job_deserializer": job_deserializer,
+        "health_check_interval": s.health_check_interval_s,
+        "keep_result": 0,
+        "max_tries": ARQ_MAX_TRIES,
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "allow_abort_jobs": False,
+    }

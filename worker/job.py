@@ -1,0 +1,286 @@
+"""``chat_stream``: one attempt of one stream, from claim to terminal event.
+
+The arq job id is the stream id. Each call of the function is one attempt:
+
+1. claim the attempt in Redis (``begin``): a fresh lease, attempt + 1, and
+   whether earlier attempts published events (then this one starts with ``reset``);
+2. write ``start``, call the upstream, and append the events of each network read
+   in one round trip;
+3. end with ``done``, or ``error`` when the failure is final, or raise arq's
+   ``Retry`` when another attempt may succeed (``Retry-After`` honoured);
+4. meanwhile keep the lease (and arq's in-progress key) alive, so a killed
+   worker's job is picked up by another within ``lease_s`` instead of arq's
+   ``job_timeout``; stop within a moment when cancelled.
+
+arq's own limits never end a stream silently: arq's ``max_tries`` is set far
+above ``STREAMFAN_MAX_ATTEMPTS`` and its timeout above ours, so this function
+always runs to write the terminal event itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from arq import Retry
+
+from streamfan import events
+from streamfan.errors import (
+    InvalidRequest,
+    RedisUnavailable,
+    UpstreamError,
+    UpstreamStalled,
+)
+from streamfan.events import Event
+from streamfan.keys import is_valid_stream_id
+from streamfan.requests import streaming_body, validate_chat_request
+from streamfan.settings import Settings
+from worker.cancels import CancelRegistry
+from worker.publisher import AttemptWriter, Claim, LeaseLost, Publisher, StreamFinished
+from worker.sse import SSEDecoder
+from worker.translate import Translator
+from worker.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+#: The key of :class:`WorkerState` in arq's ``ctx``.
+STATE_KEY = "streamfan"
+#: arq's in-progress key prefix (arq.constants.in_progress_key_prefix).
+ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+#: Delay before retrying after Redis itself failed mid-attempt.
+REDIS_RETRY_S = 1.0
+
+
+class _Cancelled(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class WorkerState:
+    """What every job of this worker process shares (``ctx[STATE_KEY]``)."""
+
+    settings: Settings
+    events_redis: aioredis.Redis
+    queue_redis: aioredis.Redis
+    publisher: Publisher
+    upstream: Upstream
+    cancels: CancelRegistry
+    worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    running: int = 0
+
+
+def backoff_s(settings: Settings, attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff with jitter, or the upstream's Retry-After if longer."""
+    base = min(settings.retry_max_s, settings.retry_base_s * float(2 ** max(attempt - 1, 0)))
+    delay = base * random.uniform(0.8, 1.2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, max(settings.retry_max_s, 60.0)))
+    return delay
+
+
+def error_event(exc: UpstreamError) -> Event:
+    return events.error(
+        exc.code, exc.message, retryable=exc.retryable, upstream_status=exc.upstream_status
+    )
+
+
+async def chat_stream(ctx: dict[str, Any], body: Any) -> str:
+    """The arq job function. Returns the stream's status when this attempt stops."""
+    state: WorkerState = ctx[STATE_KEY]
+    stream_id = str(ctx["job_id"])
+    if not is_valid_stream_id(stream_id):
+        log.error("job id %r is not a valid stream id; dropping the job", stream_id)
+        return "invalid_id"
+    return await Attempt(state, stream_id, body).run()
+
+
+class Attempt:
+    def __init__(self, state: WorkerState, stream_id: str, body: Any) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.stream_id = stream_id
+        self.body = body
+        self.model = body.get("model") if isinstance(body, dict) else None
+        self.token = f"{state.worker_id}:{uuid.uuid4().hex[:8]}"
+        self.writer: AttemptWriter | None = None
+
+    async def run(self) -> str:
+        sid = self.stream_id
+        pub = self.state.publisher
+        try:
+            claim = await pub.begin(sid, self.token, str(self.model or ""))
+        except RedisUnavailable as exc:
+            log.warning("stream %s: cannot claim (%s); retrying", sid, exc)
+            raise Retry(defer=REDIS_RETRY_S) from exc
+        if claim.outcome == "busy":
+            # Another worker's lease is still live (it may be dying): look again then.
+            raise Retry(defer=claim.busy_ms / 1000 + 0.05)
+        if claim.outcome != "run":
+            log.info("stream %s: not run (%s)", sid, claim.outcome)
+            return claim.status or claim.outcome
+        self.writer = pub.writer(sid, claim.attempt)
+        log.info("stream %s: attempt %d started", sid, claim.attempt)
+        self.state.running += 1
+        try:
+            return await self._supervise(claim)
+        except asyncio.CancelledError:
+            # The worker is shutting down: hand the stream over at once instead of
+            # letting the lease run out, and let arq queue the job again.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._release())
+            raise
+        finally:
+            self.state.running -= 1
+
+    async def _supervise(self, claim: Claim) -> str:
+        """Run the attempt; stop it on cancel, lost lease or deadline."""
+        assert self.writer is not None
+        cancel_event = self.state.cancels.watch(self.stream_id)
+        stream_task = asyncio.create_task(self._stream(claim))
+        keeper = asyncio.create_task(self._keep_lease())
+        cancel_wait = asyncio.create_task(cancel_event.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {stream_task, keeper, cancel_wait},
+                timeout=self.settings.job_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if stream_task in done:
+                return await self._settle(stream_task, claim)
+            stream_task.cancel()
+            with contextlib.suppress(BaseException):
+                await stream_task
+            if keeper in done:
+                return await self._settle(keeper, claim)
+            if cancel_wait in done:
+                held, reason = await self.state.publisher.renew(self.stream_id, self.token)
+                if not held:
+                    return "superseded"
+                return await self._finish(events.cancelled(reason or "cancelled"))
+            log.warning("stream %s: over job_timeout_s, ending it", self.stream_id)
+            return await self._finish(
+                events.error(
+                    "timeout",
+                    f"the reply took longer than {self.settings.job_timeout_s:g} s",
+                    retryable=False,
+                )
+            )
+        finally:
+            self.state.cancels.unwatch(self.stream_id)
+            for task in (stream_task, keeper, cancel_wait):
+                task.cancel()
+            await asyncio.gather(stream_task, keeper, cancel_wait, return_exceptions=True)
+
+    async def _settle(self, task: asyncio.Task[Event], claim: Claim) -> str:
+        """Turn how a task ended into the stream's next step."""
+        sid = self.stream_id
+        try:
+            terminal = task.result()
+        except _Cancelled as exc:
+            return await self._finish(events.cancelled(exc.reason))
+        except (LeaseLost, StreamFinished) as exc:
+            log.info("stream %s: attempt %d stops: %s", sid, claim.attempt, exc)
+            return "superseded"
+        except InvalidRequest as exc:
+            return await self._finish(events.error("invalid_request", str(exc), retryable=False))
+        except UpstreamError as exc:
+            if exc.retryable and claim.attempt < self.settings.max_attempts:
+                delay = backoff_s(self.settings, claim.attempt, exc.retry_after)
+                log.warning(
+                    "stream %s: attempt %d failed (%s: %s); retrying in %.2fs",
+                    sid, claim.attempt, exc.code, exc.message, delay,
+                )
+                await self._release()
+                raise Retry(defer=delay) from exc
+            log.warning("stream %s: failed for good (%s: %s)", sid, exc.code, exc.message)
+            return await self._finish(error_event(exc))
+        except RedisUnavailable as exc:
+            log.warning("stream %s: Redis failed mid-attempt (%s); retrying", sid, exc)
+            raise Retry(defer=REDIS_RETRY_S) from exc
+        return await self._finish(terminal)
+
+    async def _finish(self, terminal: Event) -> str:
+        assert self.writer is not None
+        try:
+            await self.writer.finish(terminal)
+        except (LeaseLost, StreamFinished) as exc:
+            log.info("stream %s: terminal event not written: %s", self.stream_id, exc)
+            return "superseded"
+        status = events.TERMINAL_STATUS[terminal["type"]]
+        log.info("stream %s: %s", self.stream_id, status)
+        return status
+
+    async def _release(self) -> None:
+        """Give up the lease now (it expires in 1 ms) so the next attempt need not wait."""
+        await self.state.publisher.renew(self.stream_id, self.token, lease_ms=1)
+        await self.state.queue_redis.pexpire(ARQ_IN_PROGRESS_PREFIX + self.stream_id, 1)
+
+    async def _keep_lease(self) -> Event:
+        """Renew the lease and arq's in-progress key; return/raise when the attempt must stop."""
+        pub = self.state.publisher
+        interval = self.settings.lease_s / 3
+        in_progress = ARQ_IN_PROGRESS_PREFIX + self.stream_id
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held, reason = await pub.renew(self.stream_id, self.token)
+                # Shorten arq's own lock to our lease: a killed worker's job then
+                # runs again after lease_s, not after arq's job_timeout.
+                await self.state.queue_redis.pexpire(in_progress, pub.lease_ms)
+            except RedisUnavailable:
+                continue  # the writes will fail too and decide; keep trying
+            if not held:
+                raise LeaseLost(f"stream {self.stream_id}: lease lost")
+            if reason:
+                raise _Cancelled(reason)
+
+    async def _stream(self, claim: Claim) -> Event:
+        """Call the upstream and write its events; return the terminal event."""
+        assert self.writer is not None
+        writer = self.writer
+        sid = self.stream_id
+        first: list[Event] = []
+        if claim.had_events:
+            first.append(events.reset(claim.attempt))
+        first.append(events.start(sid, str(self.model or ""), int(time.time()), claim.attempt))
+        await writer.write(first)
+        body = validate_chat_request(self.body)
+        decoder = SSEDecoder()
+        translator = Translator()
+        idle_limit = self.settings.upstream_idle_timeout_s
+        last_content = time.monotonic()
+        async with self.state.upstream.stream(streaming_body(body)) as reads:
+            async for data in reads:
+                batch: list[Event] = []
+                try:
+                    for sse in decoder.decode(data):
+                        batch.extend(translator.feed(sse))
+                finally:
+                    # What came before a failing chunk is still the reply: keep it.
+                    if batch:
+                        last_content = time.monotonic()
+                        await writer.write(batch)
+                if writer.cancel_requested:
+                    raise _Cancelled(writer.cancel_requested)
+                if translator.finished:
+                    break
+                if not batch and time.monotonic() - last_content > idle_limit:
+                    raise UpstreamStalled(
+                        f"upstream sent no content for {idle_limit:g} s", retryable=True
+                    )
+            else:
+                tail: list[Event] = []
+                for sse in decoder.flush():
+                    tail.extend(translator.feed(sse))
+                if tail:
+                    await writer.write(tail)
+        return translator.end_of_body()
