@@ -15,6 +15,7 @@
         ├── UpstreamHTTPError       a non-2xx answer before the stream
         ├── UpstreamStalled         no bytes / no content for too long
         ├── UpstreamTruncated       the body ended without [DONE] or a finish_reason
+        ├── UpstreamBadData         bytes that break the SSE/JSON protocol
         └── UpstreamStreamError     a chunk carried an ``error`` object
 
 Third-party exceptions (``redis.*``, ``httpx.*``, ``jwt.*``) never leak past the
@@ -111,6 +112,10 @@ class UpstreamStalled(UpstreamError):
 
 class UpstreamTruncated(UpstreamError):
     code = "upstream_truncated"
+
+
+class UpstreamBadData(UpstreamError):
+    code = "upstream_bad_data"
 
 
 class UpstreamStreamError(UpstreamError):

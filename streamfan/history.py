@@ -36,7 +36,7 @@ async def is_trimmed_past(r: aioredis.Redis, events_key: str, position: str) -> 
     if position == FROM_NOW:
         return False
     try:
-        info: dict[Any, Any] = await r.xinfo_stream(events_key)  # type: ignore[misc]
+        info: dict[Any, Any] = await r.xinfo_stream(events_key)
     except redis.exceptions.ResponseError:
         return False  # no such stream
     deleted = info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id")

@@ -69,6 +69,10 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _optional_redis_url(raw: str) -> str | None:
+    return _redis_url(raw) if raw else None
+
+
 def _http_url(raw: str) -> str:
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -110,7 +114,7 @@ class Settings:
         _redis_url,
     )
     events_redis_url: str | None = setting(
-        None, "Redis for the event streams, if not the queue's", _optional_str
+        None, "Redis for the event streams, if not the queue's", _optional_redis_url
     )
     prefix: str = setting(DEFAULT_PREFIX, "Prefix of every streamfan key", _prefix)
     retention_s: float = setting(

@@ -20,9 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-jobs", type=int, help="concurrent streams (STREAMFAN_WORKER_MAX_JOBS)"
     )
-    parser.add_argument(
-        "--burst", action="store_true", help="run the queued jobs, then exit"
-    )
+    parser.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

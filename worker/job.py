@@ -197,7 +197,11 @@ class Attempt:
                 delay = backoff_s(self.settings, claim.attempt, exc.retry_after)
                 log.warning(
                     "stream %s: attempt %d failed (%s: %s); retrying in %.2fs",
-                    sid, claim.attempt, exc.code, exc.message, delay,
+                    sid,
+                    claim.attempt,
+                    exc.code,
+                    exc.message,
+                    delay,
                 )
                 await self._release()
                 raise Retry(defer=delay) from exc
@@ -255,7 +259,7 @@ class Attempt:
         await writer.write(first)
         body = validate_chat_request(self.body)
         decoder = SSEDecoder()
-        translator = Translator()
+        translator = Translator(secrets=[self.settings.upstream_api_key or ""])
         idle_limit = self.settings.upstream_idle_timeout_s
         last_content = time.monotonic()
         async with self.state.upstream.stream(streaming_body(body)) as reads:

@@ -108,7 +108,9 @@ class Upstream:
         """POST ``body`` and yield an iterator over the response's raw network reads."""
         try:
             async with self.client.stream(
-                "POST", "/chat/completions", content=orjson.dumps(body),
+                "POST",
+                "/chat/completions",
+                content=orjson.dumps(body),
                 headers={"Content-Type": "application/json"},
             ) as response:
                 if response.status_code >= 400:
@@ -119,7 +121,8 @@ class Upstream:
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
                 raise UpstreamError(
-                    "timed out connecting to the upstream", code="upstream_unreachable",
+                    "timed out connecting to the upstream",
+                    code="upstream_unreachable",
                     retryable=True,
                 ) from exc
             raise UpstreamStalled(
@@ -129,17 +132,20 @@ class Upstream:
         except httpx.ConnectError as exc:
             raise UpstreamError(
                 f"cannot connect to the upstream: {self._scrub(str(exc)) or type(exc).__name__}",
-                code="upstream_unreachable", retryable=True,
+                code="upstream_unreachable",
+                retryable=True,
             ) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise UpstreamError(
                 "the upstream closed the connection mid-reply",
-                code="upstream_disconnected", retryable=True,
+                code="upstream_disconnected",
+                retryable=True,
             ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
                 f"upstream request failed: {type(exc).__name__}",
-                code="upstream_request_failed", retryable=True,
+                code="upstream_request_failed",
+                retryable=True,
             ) from exc
 
     async def _reads(self, response: httpx.Response) -> AsyncIterator[bytes]:
