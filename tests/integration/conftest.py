@@ -15,8 +15,14 @@ import pytest
 from arq import Worker
 
 from streamfan.client import Client
+from streamfan.mock_script import Script
+from streamfan.mock_upstream import MockUpstream
 from streamfan.settings import Settings
 from worker.app import make_worker_settings
+
+
+#: How long a test's worker may take to finish its running jobs when the test ends.
+GRACEFUL_STOP_S = 3.0
 
 
 class RunningWorker:
@@ -28,16 +34,28 @@ class RunningWorker:
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RunningWorker:
-        self.task = asyncio.create_task(self.worker.main())
+        self.task = asyncio.create_task(self.worker.async_run())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Stop polling, then cancel what still runs (as SIGTERM would) and wait for
+        # it to hand its jobs back; only then close arq's pool and our clients.
         assert self.task is not None
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-        for job in list(self.worker.tasks.values()):
+        # arq's own way out of its poll loop: in burst mode with no jobs left to
+        # start, it finishes the poll it is in, waits for running jobs and returns.
+        self.worker.burst = True
+        self.worker.max_burst_jobs = 0
+        try:
+            await asyncio.wait_for(asyncio.shield(self.task), GRACEFUL_STOP_S)
+        except TimeoutError:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        jobs = list(self.worker.tasks.values())
+        for job in jobs:
             job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+        self.worker.tasks.clear()
         await self.worker.close()
 
 
@@ -109,3 +127,30 @@ def worker_processes() -> Iterator[Callable[[Settings], WorkerProcess]]:
     yield start
     for wp in started:
         wp.terminate()
+
+
+@pytest.fixture
+async def mock_upstream() -> AsyncIterator[MockUpstream]:
+    async with MockUpstream() as mock:
+        yield mock
+
+
+@pytest.fixture
+def pipeline_settings(settings: Settings, mock_upstream: MockUpstream) -> Settings:
+    """Settings that point the worker at the mock upstream, with short timeouts."""
+    return settings.replace(
+        upstream_base_url=mock_upstream.base_url,
+        upstream_read_timeout_s=1.0,
+        upstream_idle_timeout_s=1.5,
+        max_attempts=3,
+    )
+
+
+def expected_message(body: dict[str, Any], index: int = 0) -> dict[str, Any]:
+    """What the mock says a correct client assembles for ``body``'s choice ``index``.
+
+    The assembler leaves out keys the upstream never sent (``refusal: null``), as
+    the OpenAI SDK's streamed messages do; the mock's non-streaming shape has it.
+    """
+    message = Script.from_request(body).expected_message(index).as_message()
+    return {k: v for k, v in message.items() if not (k == "refusal" and v is None)}
