@@ -34,6 +34,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level)
+    # One line per upstream request is noise at 1,000 streams; errors still show.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -129,6 +129,13 @@ class Attempt:
             return claim.status or claim.outcome
         self.writer = pub.writer(sid, claim.attempt)
         log.info("stream %s: attempt %d started", sid, claim.attempt)
+        # arq set its in-progress key to its job timeout (an hour); shorten it to
+        # our lease at once, so a worker killed in the first seconds is not the
+        # one case that waits an hour.
+        try:
+            await self.state.queue_redis.pexpire(ARQ_IN_PROGRESS_PREFIX + sid, pub.lease_ms)
+        except Exception as exc:  # the lease loop retries this every lease_s / 3
+            log.warning("stream %s: cannot shorten arq's lock: %s", sid, exc)
         self.state.running += 1
         try:
             return await self._supervise(claim)

@@ -77,8 +77,6 @@ class WorkerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamfan.cli", "worker"],
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
         )
 
     def kill(self) -> None:
@@ -93,8 +91,6 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
