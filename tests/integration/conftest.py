@@ -20,7 +20,6 @@ from streamfan.mock_upstream import MockUpstream
 from streamfan.settings import Settings
 from worker.app import make_worker_settings
 
-
 #: How long a test's worker may take to finish its running jobs when the test ends.
 GRACEFUL_STOP_S = 3.0
 
