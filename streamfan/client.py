@@ -13,6 +13,7 @@ It talks to Redis only: the arq queue to enqueue, the event streams to read.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -106,12 +107,16 @@ class Client:
         s = self.settings
         if self._queue is None:
             async with redis_errors():
+                # arq retries a failed connect 5 times, a second apart; a client
+                # should say at once that Redis is down, not after five seconds.
+                redis_settings = dataclasses.replace(
+                    RedisSettings.from_dsn(s.redis_url), conn_retries=0
+                )
                 self._queue = await create_pool(
-                    RedisSettings.from_dsn(s.redis_url),
+                    redis_settings,
                     job_serializer=job_serializer,
                     job_deserializer=job_deserializer,
                     default_queue_name=s.queue_name,
-                    retry=0,
                 )
         if self._events is None:
             self._events = aioredis.Redis.from_url(s.events_url)
@@ -164,21 +169,28 @@ class Client:
         await self.connect()
         s = self.settings
         status = await request_cancel(
-            self.redis, self.keys, stream_id, reason=reason,
-            retention_s=s.retention_s, maxlen=s.maxlen,
+            self.redis,
+            self.keys,
+            stream_id,
+            reason=reason,
+            retention_s=s.retention_s,
+            maxlen=s.maxlen,
         )
         if status == "not_found":
             raise StreamNotFound(stream_id)
         return status
 
-    def token(self, stream_ids: Iterable[str], *, ttl_s: float | None = None,
-              cancel: bool = False) -> str:
+    def token(
+        self, stream_ids: Iterable[str], *, ttl_s: float | None = None, cancel: bool = False
+    ) -> str:
         """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``)."""
         if not self.settings.jwt_secret:
             raise TokenError("no JWT secret configured (STREAMFAN_JWT_SECRET)")
         return mint_token(
-            self.settings.jwt_secret, stream_ids,
-            ttl_s=ttl_s or self.settings.token_ttl_s, cancel=cancel,
+            self.settings.jwt_secret,
+            stream_ids,
+            ttl_s=ttl_s or self.settings.token_ttl_s,
+            cancel=cancel,
         )
 
     def _mint(self, stream_ids: list[str]) -> str | None:
@@ -194,9 +206,7 @@ class Client:
             raise StreamNotFound(stream_id)
         return meta
 
-    async def events(
-        self, stream_id: str, from_: str = "0"
-    ) -> AsyncIterator[tuple[str, Event]]:
+    async def events(self, stream_id: str, from_: str = "0") -> AsyncIterator[tuple[str, Event]]:
         """Yield ``(entry_id, event)`` from ``from_`` until the terminal event."""
         validate_stream_id(stream_id)
         position = validate_position(from_)

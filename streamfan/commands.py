@@ -16,6 +16,8 @@ import orjson
 
 from streamfan import events
 from streamfan.client import Client
+from streamfan.history import validate_position
+from streamfan.keys import validate_stream_id
 from streamfan.settings import Settings
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -53,6 +55,12 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
 
 def run_for(name: str, args: argparse.Namespace) -> int:
     settings = Settings.from_env(redis_url=args.redis_url)
+    # A mistyped id is the user's to fix: say so before trying to reach Redis.
+    for stream_id in [getattr(args, "stream_id", None), getattr(args, "stream_ids", None)]:
+        if isinstance(stream_id, str):
+            validate_stream_id(stream_id)
+    if name == "tail":
+        validate_position(args.from_)
     if name == "token":
         return _token(settings, args)
     runner = {"submit": _submit, "tail": _tail, "status": _status, "cancel": _cancel}[name]
