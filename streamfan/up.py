@@ -33,17 +33,31 @@ from streamfan.settings import Settings
 START_TIMEOUT_S = 30.0
 #: How long a child may take to exit after SIGTERM before it is killed.
 STOP_TIMEOUT_S = 5.0
+DEMO_TOKENS_PER_S = 40
+DEMO_TTFT_MS = 300
+DEMO_REPLY_TOKENS = 400
 DEMO_PROMPT = "Tell me, in a few paragraphs, what streamfan does."
+
+
+class _StopRequested(Exception):
+    """SIGINT/SIGTERM arrived while starting: stop what started, and exit."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address of every server")
-    parser.add_argument("--port", type=int, default=8765,
-                        help="first gateway's port (0 = free ports); gateway i uses PORT+i")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        help="first gateway's port (0 = free ports); gateway i uses PORT+i",
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--gateways", type=int, default=1, help="gateway processes")
-    parser.add_argument("--data-dir", default=".streamfan",
-                        help="where the embedded Redis keeps its data (default ./.streamfan)")
+    parser.add_argument(
+        "--data-dir",
+        default=".streamfan",
+        help="where the embedded Redis keeps its data (default ./.streamfan)",
+    )
     parser.add_argument("--no-demo", action="store_true", help="do not submit a demo prompt")
 
 
@@ -53,6 +67,8 @@ class Up:
         self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.redis: RedisServer | None = None
         self.env = dict(os.environ)
+        #: Set by SIGINT/SIGTERM; every wait checks it.
+        self.stopping = False
 
     def _spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
@@ -76,8 +92,13 @@ class Up:
             print(f"redis     {self.redis.url} (data in {data})", flush=True)
         if "STREAMFAN_UPSTREAM_BASE_URL" not in self.env:
             port = free_port(a.host)
-            self._spawn("mock-upstream", "mock-upstream", "--host", a.host, "--port", str(port))
-            _wait_port(a.host, port, self.children[-1][1])
+            self._spawn(
+                "mock-upstream", "mock-upstream", "--host", a.host, "--port", str(port),
+                # A pace a person can watch: about what a hosted model streams.
+                "--tokens-per-s", str(DEMO_TOKENS_PER_S), "--ttft-ms", str(DEMO_TTFT_MS),
+                "--reply-tokens", str(DEMO_REPLY_TOKENS),
+            )  # fmt: skip
+            _wait_port(self, a.host, port, self.children[-1][1])
             self.env["STREAMFAN_UPSTREAM_BASE_URL"] = f"http://{a.host}:{port}/v1"
             self.env.setdefault("STREAMFAN_UPSTREAM_API_KEY", "sk-mock")
             print(f"upstream  http://{a.host}:{port}/v1 (mock)", flush=True)
@@ -90,8 +111,8 @@ class Up:
         ports = [free_port(a.host) if a.port == 0 else a.port + i for i in range(a.gateways)]
         for port in ports:
             self._spawn("gateway", "gateway", "--host", a.host, "--port", str(port))
-        for port, (_name, proc) in zip(ports, self.children[-len(ports):], strict=True):
-            _wait_ready(f"http://{a.host}:{port}/readyz", proc)
+        for port, (_name, proc) in zip(ports, self.children[-len(ports) :], strict=True):
+            _wait_ready(self, f"http://{a.host}:{port}/readyz", proc)
             print(f"gateway   ws://{a.host}:{port}/ws", flush=True)
         return settings, ports
 
@@ -113,9 +134,11 @@ class Up:
             self.redis = None
 
 
-def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+def _wait_port(up: Up, host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
+        if up.stopping:
+            raise _StopRequested
         if proc.poll() is not None:
             raise StreamfanError(f"a child process exited at start (code {proc.returncode})")
         try:
@@ -126,9 +149,11 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
     raise StreamfanError(f"nothing listened on {host}:{port} within {START_TIMEOUT_S:g} s")
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+def _wait_ready(up: Up, url: str, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
+        if up.stopping:
+            raise _StopRequested
         if proc.poll() is not None:
             raise StreamfanError(f"the gateway exited at start (code {proc.returncode})")
         try:
@@ -157,28 +182,32 @@ async def _demo(settings: Settings, host: str, port: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     up = Up(args)
-    stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        raise KeyboardInterrupt
+        # Only a flag: raising here could interrupt stop() half-way and leave
+        # children behind; a second Ctrl-C changes nothing.
+        up.stopping = True
 
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
         settings, ports = up.start()
         # Children inherit the environment we built; commands in this shell don't.
-        print(f"\nexport STREAMFAN_REDIS_URL={up.env['STREAMFAN_REDIS_URL']} "
-              f"STREAMFAN_JWT_SECRET={up.env['STREAMFAN_JWT_SECRET']}", flush=True)
+        print(
+            f"\nexport STREAMFAN_REDIS_URL={up.env['STREAMFAN_REDIS_URL']} "
+            f"STREAMFAN_JWT_SECRET={up.env['STREAMFAN_JWT_SECRET']}",
+            flush=True,
+        )
         if not args.no_demo:
             asyncio.run(_demo(settings, args.host, ports[0]))
-        while True:
+        while not up.stopping:
             for name, proc in up.children:
                 if proc.poll() is not None:
                     raise StreamfanError(f"{name} exited unexpectedly (code {proc.returncode})")
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        print("\nstopping…", file=sys.stderr, flush=True)
-        return 0
+            time.sleep(0.2)
+    except _StopRequested:
+        pass
     finally:
+        print("\nstopping…", file=sys.stderr, flush=True)
         up.stop()
+    return 0
