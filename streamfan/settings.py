@@ -160,6 +160,9 @@ class Settings:
     health_check_interval_s: float = setting(
         10.0, "arq health-check interval, seconds", _positive_float
     )
+    worker_metrics_port: int = setting(
+        0, "Port of the worker's Prometheus /metrics (0 = off)", _port
+    )
 
     # --- gateway ----------------------------------------------------------------
     host: str = setting("127.0.0.1", "Gateway listen address", str)

@@ -47,6 +47,10 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
             upstream=Upstream(s),
             cancels=cancels,
         )
+        state: WorkerState = ctx[STATE_KEY]
+        if s.worker_metrics_port:
+            state.metrics.serve(s.host, s.worker_metrics_port)
+            log.info("worker metrics on http://%s:%d/metrics", s.host, s.worker_metrics_port)
         if not s.upstream_api_key:
             log.warning("no upstream API key (STREAMFAN_UPSTREAM_API_KEY / OPENAI_API_KEY)")
         log.info("worker ready: upstream %s, max_jobs %d", s.upstream_base_url, s.worker_max_jobs)

@@ -43,6 +43,7 @@ from streamfan.keys import is_valid_stream_id
 from streamfan.requests import streaming_body, validate_chat_request
 from streamfan.settings import Settings
 from worker.cancels import CancelRegistry
+from worker.metrics import WorkerMetrics
 from worker.publisher import AttemptWriter, Claim, LeaseLost, Publisher, StreamFinished
 from worker.sse import SSEDecoder
 from worker.translate import Translator
@@ -74,8 +75,8 @@ class WorkerState:
     publisher: Publisher
     upstream: Upstream
     cancels: CancelRegistry
+    metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    running: int = 0
 
 
 def backoff_s(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -136,9 +137,12 @@ class Attempt:
             await self.state.queue_redis.pexpire(ARQ_IN_PROGRESS_PREFIX + sid, pub.lease_ms)
         except Exception as exc:  # the lease loop retries this every lease_s / 3
             log.warning("stream %s: cannot shorten arq's lock: %s", sid, exc)
-        self.state.running += 1
+        metrics = self.state.metrics
+        metrics.streams_running.inc()
+        outcome = "retry"
         try:
-            return await self._supervise(claim)
+            outcome = await self._supervise(claim)
+            return outcome
         except asyncio.CancelledError:
             # The worker is shutting down: hand the stream over at once instead of
             # letting the lease run out, and let arq queue the job again.
@@ -146,7 +150,8 @@ class Attempt:
                 await asyncio.shield(self._release())
             raise
         finally:
-            self.state.running -= 1
+            metrics.streams_running.dec()
+            metrics.attempts.labels(outcome).inc()
 
     async def _supervise(self, claim: Claim) -> str:
         """Run the attempt; stop it on cancel, lost lease or deadline."""
@@ -200,6 +205,7 @@ class Attempt:
         except InvalidRequest as exc:
             return await self._finish(events.error("invalid_request", str(exc), retryable=False))
         except UpstreamError as exc:
+            self.state.metrics.upstream_errors.labels(exc.code).inc()
             if exc.retryable and claim.attempt < self.settings.max_attempts:
                 delay = backoff_s(self.settings, claim.attempt, exc.retry_after)
                 log.warning(
@@ -268,9 +274,12 @@ class Attempt:
         decoder = SSEDecoder()
         translator = Translator(secrets=[self.settings.upstream_api_key or ""])
         idle_limit = self.settings.upstream_idle_timeout_s
-        last_content = time.monotonic()
+        metrics = self.state.metrics
+        asked = last_content = time.monotonic()
+        awaiting_first = True
         async with self.state.upstream.stream(streaming_body(body)) as reads:
             async for data in reads:
+                metrics.upstream_reads.inc()
                 batch: list[Event] = []
                 try:
                     for sse in decoder.decode(data):
@@ -279,7 +288,12 @@ class Attempt:
                     # What came before a failing chunk is still the reply: keep it.
                     if batch:
                         last_content = time.monotonic()
+                        if awaiting_first:
+                            metrics.first_token.observe(last_content - asked)
+                            awaiting_first = False
                         await writer.write(batch)
+                        metrics.writes.inc()
+                        metrics.events_written.inc(len(batch))
                 if writer.cancel_requested:
                     raise _Cancelled(writer.cancel_requested)
                 if translator.finished:

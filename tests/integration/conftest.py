@@ -19,6 +19,7 @@ from streamfan.mock_script import Script
 from streamfan.mock_upstream import MockUpstream
 from streamfan.settings import Settings
 from worker.app import make_worker_settings
+from worker.job import STATE_KEY, WorkerState
 
 #: How long a test's worker may take to finish its running jobs when the test ends.
 GRACEFUL_STOP_S = 3.0
@@ -35,6 +36,11 @@ class RunningWorker:
     async def __aenter__(self) -> RunningWorker:
         self.task = asyncio.create_task(self.worker.async_run())
         return self
+
+    @property
+    def state(self) -> WorkerState:
+        state: WorkerState = self.worker.ctx[STATE_KEY]
+        return state
 
     async def __aexit__(self, *exc: object) -> None:
         # Stop polling, then cancel what still runs (as SIGTERM would) and wait for

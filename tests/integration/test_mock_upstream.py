@@ -404,6 +404,16 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection(
     assert data.index(b"[DONE]") < data.index(b'"object":"list"')
 
 
+async def test_an_http_1_0_client_gets_a_raw_body_ended_by_close(mock: MockUpstream) -> None:
+    body = orjson.dumps(chat({"reply": "old school"}))
+    request = request_bytes("POST", "/v1/chat/completions", body).replace(b"HTTP/1.1", b"HTTP/1.0")
+    head, _, data = (await raw_exchange(mock, request)).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    record = await mock.wait_done(0)
+    assert data == (record.script or pytest.fail()).sse_body()
+
+
 async def test_expect_continue_gets_an_interim_response(mock: MockUpstream) -> None:
     body = orjson.dumps(chat(stream=False))
     head = request_bytes("POST", "/v1/chat/completions", close=True).removesuffix(b"\r\n")

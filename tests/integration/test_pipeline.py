@@ -7,11 +7,13 @@ and a real Valkey, then reads the stream back through the client API.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from streamfan.client import Client, Result
 from streamfan.errors import InvalidRequest, InvalidStreamId, StreamNotFound
@@ -361,13 +363,13 @@ async def test_a_job_whose_body_is_not_a_chat_request_ends_with_invalid_request(
 async def test_many_streams_run_at_once_on_one_worker(
     pipeline_settings: Settings, client: Client, mock_upstream: MockUpstream
 ) -> None:
-    body = chat(reply_tokens=20, tokens_per_s=40)
+    body = chat(reply_tokens=40, tokens_per_s=20)
     async with RunningWorker(pipeline_settings):
         subs = [await client.submit(body) for _ in range(50)]
         results = await asyncio.gather(*(client.result(s.stream_id) for s in subs))
     assert {r.status for r in results} == {"done"}
     assert {r.text for r in results} == {expected_message(body)["content"]}
-    # 20 tokens at 40/s take 0.5 s each: count how many were open at once.
+    # 40 tokens at 20/s take 2 s each: count how many were open at once.
     marks = sorted(
         [(r.started_at, 1) for r in mock_upstream.requests]
         + [(r.ended_at or 0.0, -1) for r in mock_upstream.requests]
@@ -377,3 +379,20 @@ async def test_many_streams_run_at_once_on_one_worker(
         open_now += step
         peak = max(peak, open_now)
     assert peak >= 25, f"only {peak} streams ran at once"
+
+
+async def test_the_worker_counts_what_it_did_in_its_metrics(
+    pipeline_settings: Settings, client: Client
+) -> None:
+    body = chat(reply_tokens=30, fault="http_500", fault_times=1, fault_key="m")
+    async with RunningWorker(pipeline_settings) as running:
+        sub = await client.submit(body)
+        await client.result(sub.stream_id)
+    text = generate_latest(running.state.metrics.registry).decode()
+    assert 'streamfan_worker_attempts_total{outcome="done"} 1.0' in text
+    assert 'streamfan_worker_attempts_total{outcome="retry"} 1.0' in text
+    assert 'streamfan_worker_upstream_errors_total{code="upstream_http_error"} 1.0' in text
+    assert "streamfan_worker_streams_running 0.0" in text
+    writes = float(re.search(r"^streamfan_worker_writes_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    reads = float(re.search(r"^streamfan_worker_upstream_reads_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert 0 < writes <= reads  # at most one round trip per network read

@@ -1,0 +1,47 @@
+"""The worker's Prometheus metrics, served on ``STREAMFAN_WORKER_METRICS_PORT``.
+
+One registry per worker process (tests run several workers in one process).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+PREFIX = "streamfan_worker_"
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.streams_running = Gauge(
+            PREFIX + "streams_running", "Attempts running in this process", registry=r
+        )
+        self.attempts = Counter(
+            PREFIX + "attempts",
+            "Attempts ended, by outcome (done, error, cancelled, retry, superseded)",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            PREFIX + "upstream_errors", "Upstream failures, by error code", ["code"], registry=r
+        )
+        self.events_written = Counter(
+            PREFIX + "events_written", "Events appended to Redis", registry=r
+        )
+        self.writes = Counter(
+            PREFIX + "writes", "Append round trips to Redis (one per network read)", registry=r
+        )
+        self.upstream_reads = Counter(
+            PREFIX + "upstream_reads", "Network reads from the upstream", registry=r
+        )
+        self.first_token = Histogram(
+            PREFIX + "time_to_first_event_seconds",
+            "From the upstream request to its first event",
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
