@@ -1,0 +1,57 @@
+"""The docs and deploy files say what the code does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from streamfan.settings import ENV_PREFIX, settings_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_operations_settings_table_lists_every_setting_with_its_default() -> None:
+    text = (ROOT / "docs/operations.md").read_text()
+    table = text.split("<!-- settings-table:start -->")[1].split("<!-- settings-table:end -->")[0]
+    rows = {}
+    for line in table.strip().splitlines()[2:]:
+        cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1] if cells[1] != "—" else ""
+    assert rows == {variable: default for variable, default, _doc in settings_table()}
+
+
+def _settings_named_in(text: str) -> set[str]:
+    return set(re.findall(r"\b" + ENV_PREFIX + r"[A-Z0-9_]+", text))
+
+
+def test_deploy_files_are_valid_yaml_and_use_only_settings_that_exist() -> None:
+    known = {variable for variable, _d, _doc in settings_table()}
+    files = [*sorted((ROOT / "deploy").rglob("*.yaml"))]
+    assert files
+    for path in files:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+        assert docs, path
+        unknown = _settings_named_in(path.read_text()) - known
+        assert not unknown, f"{path.name} names settings that do not exist: {unknown}"
+
+
+def test_the_compose_file_runs_redis_with_aof_workers_gateways_and_a_proxy() -> None:
+    compose = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())
+    services = compose["services"]
+    assert {"redis", "worker", "gateway", "proxy"} <= services.keys()
+    assert "--appendonly" in services["redis"]["command"]
+    assert services["worker"]["command"] == ["worker"]
+    assert services["gateway"]["command"][0] == "gateway"
+
+
+def test_the_kubernetes_gateway_probes_readyz_and_healthz() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "deploy/k8s/gateway.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert any(d["kind"] == "Service" for d in docs)
+    for doc in docs:
+        assert {"apiVersion", "kind", "metadata"} <= doc.keys()
