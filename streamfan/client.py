@@ -160,6 +160,8 @@ class Client:
         # that is the idempotent case (a retried submit after a crash lands here too).
         async with redis_errors():
             await self._queue.enqueue_job(JOB_FUNCTION, body, _job_id=sid)
+            # Wake an idle worker now rather than at its next poll.
+            await self.redis.publish(self.keys.jobs_channel, sid)
         return Submission(sid, self._mint([sid]), created=created)
 
     async def cancel(self, stream_id: str, reason: str = "cancelled by client") -> str:

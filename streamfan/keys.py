@@ -67,6 +67,11 @@ class Keys:
         """Pub/sub channel: stream ids whose jobs were cancelled (workers listen)."""
         return f"{self.prefix}:cancel"
 
+    @property
+    def jobs_channel(self) -> str:
+        """Pub/sub channel: a nudge after each enqueue, so idle workers poll at once."""
+        return f"{self.prefix}:jobs"
+
     def stream_id_from_live(self, channel: str) -> str | None:
         """Inverse of :meth:`live`, or None if ``channel`` is not one of ours."""
         head = f"{self.prefix}:{{"

@@ -6,10 +6,8 @@ import argparse
 import asyncio
 import logging
 
-from arq import Worker
-
 from streamfan.settings import Settings
-from worker.app import make_worker_settings
+from worker.app import StreamfanWorker, make_worker_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        worker = Worker(**make_worker_settings(settings), burst=args.burst)
+        worker = StreamfanWorker(**make_worker_settings(settings), burst=args.burst)
         worker.run()
     finally:
         loop.close()

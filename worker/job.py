@@ -42,7 +42,7 @@ from streamfan.events import Event
 from streamfan.keys import is_valid_stream_id
 from streamfan.requests import streaming_body, validate_chat_request
 from streamfan.settings import Settings
-from worker.cancels import CancelRegistry
+from worker.control import ControlChannel
 from worker.metrics import WorkerMetrics
 from worker.publisher import AttemptWriter, Claim, LeaseLost, Publisher, StreamFinished
 from worker.sse import SSEDecoder
@@ -74,7 +74,7 @@ class WorkerState:
     queue_redis: aioredis.Redis
     publisher: Publisher
     upstream: Upstream
-    cancels: CancelRegistry
+    control: ControlChannel
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
@@ -156,7 +156,7 @@ class Attempt:
     async def _supervise(self, claim: Claim) -> str:
         """Run the attempt; stop it on cancel, lost lease or deadline."""
         assert self.writer is not None
-        cancel_event = self.state.cancels.watch(self.stream_id)
+        cancel_event = self.state.control.watch(self.stream_id)
         stream_task = asyncio.create_task(self._stream(claim))
         keeper = asyncio.create_task(self._keep_lease())
         cancel_wait = asyncio.create_task(cancel_event.wait())
@@ -187,7 +187,7 @@ class Attempt:
                 )
             )
         finally:
-            self.state.cancels.unwatch(self.stream_id)
+            self.state.control.unwatch(self.stream_id)
             for task in (stream_task, keeper, cancel_wait):
                 task.cancel()
             await asyncio.gather(stream_task, keeper, cancel_wait, return_exceptions=True)

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from arq import Worker
 
 from streamfan.client import Client
 from streamfan.mock_script import Script
 from streamfan.mock_upstream import MockUpstream
 from streamfan.settings import Settings
-from worker.app import make_worker_settings
+from worker.app import StreamfanWorker, make_worker_settings
 from worker.job import STATE_KEY, WorkerState
 
 #: How long a test's worker may take to finish its running jobs when the test ends.
@@ -30,11 +29,17 @@ class RunningWorker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.worker = Worker(**make_worker_settings(settings), handle_signals=False)
+        self.worker = StreamfanWorker(**make_worker_settings(settings), handle_signals=False)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RunningWorker:
         self.task = asyncio.create_task(self.worker.async_run())
+        ready = asyncio.ensure_future(self.worker.ready.wait())
+        await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            ready.cancel()
+            self.task.result()  # startup failed: raise why
+        await self.state.control.subscribed.wait()
         return self
 
     @property

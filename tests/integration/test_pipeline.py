@@ -396,3 +396,14 @@ async def test_the_worker_counts_what_it_did_in_its_metrics(
     writes = float(re.search(r"^streamfan_worker_writes_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     reads = float(re.search(r"^streamfan_worker_upstream_reads_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     assert 0 < writes <= reads  # at most one round trip per network read
+
+
+async def test_a_submit_wakes_an_idle_worker_without_waiting_for_its_poll(
+    pipeline_settings: Settings, client: Client, mock_upstream: MockUpstream
+) -> None:
+    slow_poll = pipeline_settings.replace(worker_poll_delay_s=30.0)
+    async with RunningWorker(slow_poll):
+        sub = await client.submit(chat())
+        # Far less than the 30 s poll: only the nudge can have started it.
+        await asyncio.wait_for(mock_upstream.wait_request(0), 5)
+        await client.result(sub.stream_id)
