@@ -40,8 +40,12 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
     elif name == "tail":
         parser.add_argument("stream_id", metavar="ID")
-        parser.add_argument("--from", dest="from_", default="0",
-                            help="'0' replays everything (default), '$' only new, or an entry id")
+        parser.add_argument(
+            "--from",
+            dest="from_",
+            default="0",
+            help="'0' replays everything (default), '$' only new, or an entry id",
+        )
         parser.add_argument("--json", action="store_true", help="print raw events, one per line")
     elif name == "token":
         parser.add_argument("stream_ids", metavar="ID", nargs="+", help="stream ids, or '*'")
@@ -86,7 +90,8 @@ async def _submit(settings: Settings, args: argparse.Namespace) -> int:
     async with Client(settings) as sf:
         sub = await sf.submit(
             {"model": args.model, "messages": messages},
-            stream_id=args.stream_id, owner=args.owner,
+            stream_id=args.stream_id,
+            owner=args.owner,
         )
         if args.json:
             _print_json({"stream_id": sub.stream_id, "token": sub.token, "created": sub.created})
@@ -156,8 +161,11 @@ async def follow(sf: Client, stream_id: str, from_: str, *, as_json: bool) -> in
     if terminal["type"] == events.DONE:
         return 0
     if terminal["type"] == events.ERROR:
-        print(f"streamfan: the stream ended with an error: {terminal.get('code')}: "
-              f"{terminal.get('message')}", file=sys.stderr)
+        print(
+            f"streamfan: the stream ended with an error: {terminal.get('code')}: "
+            f"{terminal.get('message')}",
+            file=sys.stderr,
+        )
     else:
         print(f"streamfan: the stream was cancelled: {terminal.get('reason')}", file=sys.stderr)
     return 1
@@ -177,8 +185,9 @@ def _print_event(event: dict[str, Any], spinner: _Spinner) -> None:
                 sys.stdout.flush()
     elif etype == events.RESET:
         spinner.stop()
-        print(f"\n[the upstream failed; attempt {event.get('attempt')} starts over]",
-              file=sys.stderr)
+        print(
+            f"\n[the upstream failed; attempt {event.get('attempt')} starts over]", file=sys.stderr
+        )
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
@@ -193,4 +202,3 @@ async def _cancel(settings: Settings, args: argparse.Namespace) -> int:
         status = await sf.cancel(args.stream_id, reason="cancelled from the command line")
     print(status)
     return 0
-
