@@ -5,6 +5,37 @@ returns one frozen :class:`Options`; a bad value raises :class:`MockOptionError`
 naming the option (the server answers 400). Unknown ``mock`` keys are errors too,
 so a typo in a test fails loudly instead of silently testing the default.
 Pure: no I/O.
+
+The ``mock`` field (``extra_body={"mock": {...}}`` with the OpenAI SDK)::
+
+    reply           text of the reply; or a list, one text per choice
+    reply_tokens    a generated lorem-style reply of N tokens (with é, 中, 🙂)
+    seed            varies the generated text (choice i uses seed + i)
+    reasoning       streamed as reasoning_content before the content (str or list)
+    refusal         streamed as refusal; no content unless reply is given (str or list)
+    tool_calls      [{name, arguments (str or object), id?}]; arguments split over
+                    chunks; finish_reason "tool_calls"; no content unless reply is given
+    finish_reason   overrides "stop" / "tool_calls"
+    usage           false: never send usage; {...}: override fields (total recomputed)
+    n, model        override the body's n and the echoed model name
+    tokens_per_s    token rate per choice (0: as fast as possible)
+    ttft_ms         delay of the first token (headers are sent at once)
+    chunk_tokens    tokens per chunk
+    headers_delay_ms  delay before the response headers
+    keepalive_ms    ": keep-alive" comments after this much silence, also while stalled
+    fault           http_4xx/http_5xx (http_429 has Retry-After), drop (FIN mid-body),
+                    reset (RST), stall, malformed, error_chunk, truncate, bom
+    after           chunks sent before a mid-stream fault (default 2)
+    retry_after     Retry-After of an HTTP fault (seconds or an HTTP date)
+    error           {message, type, code} of an error_chunk or HTTP fault body
+    fault_key       names the job: counts its attempts; requests are found by it
+    fault_times     apply the fault to attempts 1..K of fault_key only
+    split_bytes     write the body in N-byte pieces; split_delay_ms between them
+    crlf, bom       CRLF line endings; a UTF-8 BOM before the body
+    omit_done       no "data: [DONE]" at the end
+    omit_tool_call_index  tool-call deltas without "index" (a provider quirk)
+    usage_in_last_choice_chunk  usage on the finish chunk, no separate usage chunk
+    prompt_filter_chunk  an Azure-style first chunk with empty choices
 """
 
 from __future__ import annotations

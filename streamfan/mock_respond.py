@@ -5,12 +5,10 @@ the socket: the client closing its side (EOF) or resetting it ends the reply at
 once, even while it is stalled or sleeping between tokens, and marks the record
 ``disconnected``. Bytes read meanwhile are a pipelined next request, kept.
 
-The script decided every byte and when it is due; this module only sleeps until
-each deadline (computed from the response's start, so pacing does not drift),
-writes, sends keep-alive comments during long silences, and ends the body as the
-plan says: cleanly, by closing (FIN) or resetting (RST) the connection, or by
-stalling until the client goes away. Writes that are due together leave in one
-``write`` — tokens that arrive together, like a real upstream under load.
+The script decided every byte and when it is due; the server's
+:class:`~streamfan.mock_pacer.Pacer` writes each send at its deadline, and this
+module ends the body as the plan says: cleanly, by closing (FIN) or resetting
+(RST) the connection, or by stalling until the client goes away.
 """
 
 from __future__ import annotations
@@ -19,13 +17,12 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import orjson
 
 from streamfan.mock_http import (
-    LAST_CHUNK,
     Request,
     RequestParser,
     chunk_frame,
@@ -34,6 +31,7 @@ from streamfan.mock_http import (
     openai_error,
 )
 from streamfan.mock_options import DEFAULT_STREAM_ERROR, Defaults, Fault, MockOptionError
+from streamfan.mock_pacer import PacedStream, Pacer, split_sends
 from streamfan.mock_records import (
     ABORTED,
     COMPLETE,
@@ -42,7 +40,7 @@ from streamfan.mock_records import (
     Recorder,
     RequestRecord,
 )
-from streamfan.mock_script import BOM, MALFORMED_DATA, Ending, Script
+from streamfan.mock_script import BOM, MALFORMED_DATA, Ending, Script, Send
 
 READ_SIZE = 64 * 1024
 
@@ -82,6 +80,10 @@ class Responder:
     def __init__(self, records: Recorder, defaults: Defaults) -> None:
         self.records = records
         self.defaults = defaults
+        self.pacer = Pacer()
+
+    def close(self) -> None:
+        self.pacer.close()
 
     async def chat(
         self, conn: Connection, request: Request, auth_error: tuple[int, bytes] | None
@@ -130,7 +132,7 @@ class Responder:
             fault = script.fault
             active = fault is not None and fault.applies(record.attempt)
             record.fault = fault.name if fault is not None and active else None
-            work = self.reply(conn.writer, record, script, active, request.keep_alive)
+            work = self.reply(conn.writer, record, script, active, request)
         return await self._watched(conn, record, work)
 
     async def _watched(
@@ -169,7 +171,8 @@ class Responder:
         record.done_event.set()
         self.records.changed()
 
-    def _sent(self, record: RequestRecord, chunks: int) -> None:
+    def _written(self, record: RequestRecord, chunks: int, keepalives: int) -> None:
+        record.keepalives_sent += keepalives
         if chunks:
             if record.first_chunk_at is None:
                 record.first_chunk_at = asyncio.get_running_loop().time()
@@ -201,17 +204,22 @@ class Responder:
         record: RequestRecord,
         script: Script,
         fault_active: bool,
-        keep_alive: bool,
+        request: Request,
     ) -> bool:
         """The reply ``script`` describes; returns whether the connection may be reused."""
         options = script.options
+        keep_alive = request.keep_alive
         fault = script.fault if fault_active else None
         if options.headers_delay_s:
             await asyncio.sleep(options.headers_delay_s)
         if fault is not None and fault.kind == "http":
             return await self._http_fault(writer, record, fault, keep_alive)
         if script.stream:
-            return await self._stream(writer, record, script, fault_active, keep_alive)
+            # HTTP/1.0 has no chunked encoding: its body is raw and ends with the connection.
+            chunked = request.version >= (1, 1)
+            return await self._stream(
+                writer, record, script, fault_active, keep_alive and chunked, chunked
+            )
         return await self._complete(writer, record, script, fault, keep_alive)
 
     async def _http_fault(
@@ -271,9 +279,11 @@ class Responder:
         script: Script,
         fault_active: bool,
         keep_alive: bool,
+        chunked: bool,
     ) -> bool:
         options = script.options
         plan = script.plan(fault_active=fault_active)
+        framing = (("Transfer-Encoding", "chunked"),) if chunked else ()
         loop = asyncio.get_running_loop()
         record.status = 200
         writer.write(
@@ -282,43 +292,40 @@ class Responder:
                 (
                     ("Content-Type", "text/event-stream; charset=utf-8"),
                     ("Cache-Control", "no-cache"),
-                    ("Transfer-Encoding", "chunked"),
+                    *framing,
                     ("Connection", "keep-alive" if keep_alive else "close"),
                     ("X-Request-Id", f"req_mock_{record.index}"),
                 ),
             )
         )
         await writer.drain()
-        start = last_write = loop.time()
-        keepalive = _Keepalive(self, writer, record, script)
-        sends = plan.sends
-        i = 0
-        while i < len(sends):
-            due = start + sends[i].at
-            if due > loop.time():
-                last_write = await keepalive.sleep_until(due, last_write)
-            if options.split_bytes:
-                await _write_split(
-                    writer, sends[i].data, options.split_bytes, options.split_delay_s
-                )
-                chunks, i = sends[i].chunks, i + 1
-            else:
-                # This send and every later one already due (we fell behind): one write.
-                now, j = loop.time(), i + 1
-                while j < len(sends) and start + sends[j].at <= now:
-                    j += 1
-                writer.write(chunk_frame(b"".join(s.data for s in sends[i:j])))
-                chunks, i = sum(s.chunks for s in sends[i:j]), j
-            await writer.drain()
-            last_write = loop.time()
-            self._sent(record, chunks)
+        sends: Iterable[Send] = plan
+        if options.split_bytes:
+            sends = split_sends(plan, options.split_bytes)
+        paced = PacedStream(
+            writer.transport,
+            sends,
+            start=loop.time(),
+            end_body=plan.ending is Ending.END,
+            keepalive_s=options.keepalive_s,
+            keepalive_frame=chunk_frame(script.keepalive) if chunked else script.keepalive,
+            forever=plan.ending is Ending.STALL,
+            split_delay_s=options.split_delay_s if options.split_bytes else None,
+            on_write=lambda chunks, keepalives: self._written(record, chunks, keepalives),
+            chunked=chunked,
+        )
+        self.pacer.add(paced)
+        try:
+            await paced.done
+            if plan.ending is Ending.STALL:
+                # Keep-alives (if asked) go on from the pacer until the client leaves.
+                await loop.create_future()
+        finally:
+            paced.cancel()
         if plan.ending is Ending.END:
-            writer.write(LAST_CHUNK)
             await writer.drain()
             self.finish(record, COMPLETE)
             return keep_alive
-        if plan.ending is Ending.STALL:
-            await keepalive.forever(last_write)
         return await self._end_connection(writer, record, reset=plan.ending is Ending.RESET)
 
     async def _end_connection(
@@ -337,59 +344,6 @@ class Responder:
         transport.close()
         self.finish(record, DROPPED)
         return False
-
-
-class _Keepalive:
-    """Sleeps of a streaming response, filled with ``: keep-alive`` comments if asked."""
-
-    def __init__(
-        self,
-        responder: Responder,
-        writer: asyncio.StreamWriter,
-        record: RequestRecord,
-        script: Script,
-    ) -> None:
-        self.responder = responder
-        self.writer = writer
-        self.record = record
-        self.interval = script.options.keepalive_s
-        self.frame = chunk_frame(script.keepalive)
-        self.loop = asyncio.get_running_loop()
-
-    async def _send(self) -> float:
-        self.writer.write(self.frame)
-        await self.writer.drain()
-        self.record.keepalives_sent += 1
-        return self.loop.time()
-
-    async def sleep_until(self, due: float, last_write: float) -> float:
-        """Sleep until ``due``; returns the time of the last write (keep-alives count)."""
-        while self.interval and due - last_write > self.interval:
-            at = last_write + self.interval
-            if at > self.loop.time():
-                await asyncio.sleep(at - self.loop.time())
-            last_write = await self._send()
-        if due > self.loop.time():
-            await asyncio.sleep(due - self.loop.time())
-        return last_write
-
-    async def forever(self, last_write: float) -> None:
-        """Send nothing but keep-alives until cancelled (the client left, or stop())."""
-        if not self.interval:
-            await self.loop.create_future()
-        while True:
-            await asyncio.sleep(max(0.0, last_write + self.interval - self.loop.time()))
-            last_write = await self._send()
-
-
-async def _write_split(writer: asyncio.StreamWriter, data: bytes, size: int, delay: float) -> None:
-    """``data`` in ``size``-byte writes, each its own HTTP chunk, yielding between them."""
-    for offset in range(0, len(data), size):
-        if offset:
-            # Yield (or wait) so each piece tends to reach the client in its own read.
-            await asyncio.sleep(delay)
-        writer.write(chunk_frame(data[offset : offset + size]))
-        await writer.drain()
 
 
 async def _watch(conn: Connection) -> None:

@@ -9,43 +9,28 @@ and :attr:`Script.expected_usage` say what a correct client assembles from them.
 
 :meth:`Script.plan` turns the chunks into timed SSE byte strings plus how the body
 ends, with the requested fault applied. Nothing here does I/O or reads a clock:
-``mock_upstream`` only executes the plan.
+the server (``mock_respond``, ``mock_pacer``) only executes the plan.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from streamfan.mock_options import (
-    DEFAULT_MODEL,
     DEFAULT_STREAM_ERROR,
     Defaults,
     Fault,
-    MockOptionError,
     Options,
     parse_options,
 )
 from streamfan.mock_text import count_prompt_tokens, generate_tokens, tokenize
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "Defaults",
-    "Ending",
-    "ExpectedMessage",
-    "Fault",
-    "MockOptionError",
-    "Plan",
-    "Script",
-    "Send",
-    "generate_tokens",
-    "tokenize",
-]
 
 SYSTEM_FINGERPRINT = "fp_mock"
 #: The data of the ``malformed`` fault's event: JSON cut short, as a broken proxy might.
@@ -86,8 +71,7 @@ class Ending(enum.Enum):
     STALL = "stall"  # send nothing more (keep-alive comments aside) until the client leaves
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
+class Send(NamedTuple):
     """Bytes to write ``at`` seconds after the response started; ``chunks`` chunk objects."""
 
     at: float
@@ -95,14 +79,26 @@ class Send:
     chunks: int
 
 
-@dataclass(frozen=True, slots=True)
 class Plan:
-    sends: tuple[Send, ...]
-    ending: Ending
+    """The writes of one streaming body, made as they are iterated, and how it ends."""
+
+    def __init__(self, sends: Callable[[], Iterator[Send]], ending: Ending) -> None:
+        self._sends = sends
+        self.ending = ending
+
+    def __iter__(self) -> Iterator[Send]:
+        return self._sends()
 
 
-#: (due second, choice index or -1, delta (or the whole chunk if -1), finish_reason)
-_Timed = tuple[float, int, dict[str, Any], str | None]
+class _Item(NamedTuple):
+    """One chunk: its due second, choice index (-1: empty choices; ``delta`` is then
+    the whole chunk), delta, finish_reason, and whether it is the last with a choice."""
+
+    at: float
+    choice: int
+    delta: dict[str, Any]
+    finish: str | None
+    last: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +112,12 @@ class _Choice:
 
 
 class Script:
-    """One request's reply: chunks, timing, usage and fault. Build with :meth:`from_request`."""
+    """One request's reply: chunks, timing, usage and fault. Build with :meth:`from_request`.
+
+    Building one is cheap whatever the reply's length: chunks are made and encoded
+    as they are needed, so a burst of a thousand requests does not delay the first
+    token of each by the encoding of all the others.
+    """
 
     def __init__(
         self, options: Options, *, prompt_tokens: int, completion_id: str, created: int
@@ -144,10 +145,24 @@ class Script:
             if "total_tokens" not in options.usage_overrides:
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         self.usage: dict[str, Any] | None = usage if options.send_usage else None
-        self._timed = self._timed_chunks()
-        self._last_choice_chunk = max(
-            (i for i, item in enumerate(self._timed) if item[1] >= 0), default=-1
+        # Every choice streams side by side; the reply lasts as long as the longest.
+        longest = max((self._choice_tokens(c) for c in self._choices), default=0)
+        rate = options.tokens_per_s
+        self.duration_s = options.ttft_s + (max(longest - 1, 0) / rate if rate else 0.0)
+        self._prefix = b"".join(
+            (
+                b'{"id":',
+                orjson.dumps(completion_id),
+                b',"object":"chat.completion.chunk","created":',
+                orjson.dumps(created),
+                b',"model":',
+                orjson.dumps(self.model),
+                b',"system_fingerprint":',
+                orjson.dumps(SYSTEM_FINGERPRINT),
+                b',"choices":[{"index":',
+            )
         )
+        self._suffix = b"}]" + (b',"usage":null}' if self._usage_nulls else b"}")
 
     @classmethod
     def from_request(
@@ -174,7 +189,7 @@ class Script:
         if o.reply is not None:
             content = tuple(tokenize(o.reply[index]))
         elif o.reply_tokens is not None:
-            content = tuple(generate_tokens(o.reply_tokens, o.seed + index))
+            content = generate_tokens(o.reply_tokens, o.seed + index)
         calls = tuple(
             (call.id or f"call_mock_{index}_{i}", call.name, tuple(tokenize(call.arguments)))
             for i, call in enumerate(o.tool_calls)
@@ -246,6 +261,11 @@ class Script:
 
     # --- chunks -------------------------------------------------------------------
 
+    @property
+    def _usage_nulls(self) -> bool:
+        # OpenAI sends an explicit "usage": null on every chunk before the usage one.
+        return self.include_usage and self.usage is not None
+
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             "id": self.completion_id,
@@ -255,134 +275,111 @@ class Script:
             "system_fingerprint": SYSTEM_FINGERPRINT,
             "choices": choices,
         }
-        if self.include_usage and self.usage is not None:
-            chunk["usage"] = None  # OpenAI sends an explicit null until the last chunk
+        if self._usage_nulls:
+            chunk["usage"] = None
         return chunk
 
-    def _choice_deltas(self, c: _Choice) -> list[tuple[int, dict[str, Any], str | None]]:
-        """(tokens carried, delta, finish_reason) for each chunk of one choice, in order."""
-        per = self.options.chunk_tokens
-        out: list[tuple[int, dict[str, Any], str | None]] = []
-        first: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-        if c.content is not None:
-            first["content"] = ""
-        out.append((0, first, None))
+    def _choice_steps(self, c: _Choice) -> Iterator[tuple[float, dict[str, Any], str | None]]:
+        """(due second, delta, finish_reason) of each chunk of one choice, in order."""
+        o = self.options
+        per, rate, ttft = o.chunk_tokens, o.tokens_per_s, o.ttft_s
+        seen = 0
 
-        def pieces(tokens: tuple[str, ...], key: str) -> None:
+        def at() -> float:
+            # Token k of a choice is generated at ttft + k/rate; a chunk leaves with its
+            # last token. Choices are generated side by side, as n>1 does.
+            return ttft + (max(seen - 1, 0) / rate if rate else 0.0)
+
+        content = None if c.content is None else ""
+        yield at(), {"role": "assistant", "content": content, "refusal": None}, None
+        texts = ((c.reasoning, "reasoning_content"), (c.refusal, "refusal"))
+        for tokens, key in (*texts, (c.content or (), "content")):
             for i in range(0, len(tokens), per):
                 group = tokens[i : i + per]
-                out.append((len(group), {key: "".join(group)}, None))
-
-        pieces(c.reasoning, "reasoning_content")
-        pieces(c.refusal, "refusal")
-        pieces(c.content or (), "content")
+                seen += len(group)
+                yield at(), {key: "".join(group)}, None
         for n, (call_id, name, args) in enumerate(c.tool_calls):
-            head = {
-                "index": n,
-                "id": call_id,
-                "type": "function",
-                "function": {"name": name, "arguments": ""},
-            }
-            out.append((1, {"tool_calls": [self._call_index(head)]}, None))
+            seen += 1  # the name
+            head = {"index": n, "id": call_id, "type": "function"}
+            head["function"] = {"name": name, "arguments": ""}
+            yield at(), {"tool_calls": [self._call_index(head)]}, None
             for i in range(0, len(args), per):
                 group = args[i : i + per]
+                seen += len(group)
                 part = {"index": n, "function": {"arguments": "".join(group)}}
-                out.append((len(group), {"tool_calls": [self._call_index(part)]}, None))
-        out.append((0, {}, c.finish_reason))
-        return out
+                yield at(), {"tool_calls": [self._call_index(part)]}, None
+        yield at(), {}, c.finish_reason
 
     def _call_index(self, call: dict[str, Any]) -> dict[str, Any]:
         if self.options.omit_tool_call_index:
             call.pop("index")
         return call
 
-    def _timed_chunks(self) -> list[_Timed]:
-        """Every chunk, as (due second, choice index, delta, finish_reason), in order.
-
-        Index -1 marks a chunk with empty ``choices`` (the prompt-filter notice, or the
-        usage chunk, whose delta slot holds the chunk itself).
-        """
+    def _items(self) -> Iterator[_Item]:
+        """Every chunk, in order, made as it is asked for."""
         o = self.options
-        rate = o.tokens_per_s
-        merged: list[tuple[int, int, float, dict[str, Any], str | None]] = []
-        for c in self._choices:
-            seen = 0
-            for step, (tokens, delta, finish) in enumerate(self._choice_deltas(c)):
-                seen += tokens
-                # Token k of a choice is generated at ttft + k/rate; a chunk leaves with
-                # its last token. Choices are generated side by side, as n>1 does.
-                at = o.ttft_s + (max(seen - 1, 0) / rate if rate else 0.0)
-                merged.append((step, c.index, at, delta, finish))
-        if self.n > 1:
-            # Interleave: step 0 of every choice, then step 1, ...
-            merged.sort(key=lambda item: (item[0], item[1]))
-        out: list[_Timed] = []
         if o.prompt_filter_chunk:
-            out.append((0.0, -1, _prompt_filter_chunk(), None))
-        last = 0.0
-        for _step, index, at, delta, finish in merged:
-            last = max(last, at)  # kept monotonic across interleaved choices
-            out.append((last, index, delta, finish))
-        if self.usage is not None and self.include_usage and not o.usage_in_last_choice_chunk:
+            yield _Item(0.0, -1, _prompt_filter_chunk(), None, False)
+        # Interleaved: step 0 of every choice, then step 1, ...
+        active = [(c.index, self._choice_steps(c)) for c in self._choices]
+        last, previous = 0.0, None
+        while active:
+            still = []
+            for index, steps in active:
+                step = next(steps, None)
+                if step is None:
+                    continue
+                still.append((index, steps))
+                last = max(last, step[0])  # kept monotonic across interleaved choices
+                if previous is not None:
+                    yield previous
+                previous = _Item(last, index, step[1], step[2], False)
+            active = still
+        if previous is not None:
+            yield previous._replace(last=True)  # usage may ride on it (a quirk)
+        if self._usage_nulls and not o.usage_in_last_choice_chunk:
             final = self._chunk([])
             final["usage"] = self.usage
-            out.append((last, -1, final, None))
-        return out
+            yield _Item(last, -1, final, None, False)
 
-    def _chunk_of(self, i: int) -> dict[str, Any]:
-        _at, index, delta, finish = self._timed[i]
-        if index < 0:
-            return dict(delta)
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def _chunk_of(self, item: _Item) -> dict[str, Any]:
+        if item.choice < 0:
+            return dict(item.delta)
+        choice = {
+            "index": item.choice,
+            "delta": item.delta,
+            "logprobs": None,
+            "finish_reason": item.finish,
+        }
         chunk = self._chunk([choice])
-        if i == self._last_choice_chunk and self.options.usage_in_last_choice_chunk:
+        if item.last and self.options.usage_in_last_choice_chunk and self.usage is not None:
             chunk["usage"] = self.usage
         return chunk
 
-    def _encode_chunks(self) -> list[bytes]:
-        """The JSON of every chunk, byte for byte ``orjson.dumps(chunk)``.
+    def _encode(self, item: _Item) -> bytes:
+        """The chunk's JSON, byte for byte ``orjson.dumps(self._chunk_of(item))``.
 
-        Spliced from a per-reply prefix and each delta rather than dumping whole
-        dicts: the mock encodes thousands of chunks per second for benchmarks.
+        Spliced from the reply's prefix and the delta rather than dumping a whole
+        dict: the mock encodes tens of thousands of chunks a second in benchmarks.
         """
-        prefix = b"".join(
-            (
-                b'{"id":',
-                orjson.dumps(self.completion_id),
-                b',"object":"chat.completion.chunk","created":',
-                orjson.dumps(self.created),
-                b',"model":',
-                orjson.dumps(self.model),
-                b',"system_fingerprint":',
-                orjson.dumps(SYSTEM_FINGERPRINT),
-                b',"choices":[{"index":',
-            )
+        if item.choice < 0 or item.last:
+            return orjson.dumps(self._chunk_of(item))
+        finish = b"null" if item.finish is None else orjson.dumps(item.finish)
+        return b'%s%d,"delta":%s,"logprobs":null,"finish_reason":%s%s' % (
+            self._prefix,
+            item.choice,
+            orjson.dumps(item.delta),
+            finish,
+            self._suffix,
         )
-        tail = b"}]" + (b',"usage":null}' if self.include_usage and self.usage else b"}")
-        out = []
-        for i, (_at, index, delta, finish) in enumerate(self._timed):
-            if index < 0 or i == self._last_choice_chunk:
-                out.append(orjson.dumps(self._chunk_of(i)))
-                continue
-            finish_json = b"null" if finish is None else orjson.dumps(finish)
-            out.append(
-                b'%s%d,"delta":%s,"logprobs":null,"finish_reason":%s%s'
-                % (prefix, index, orjson.dumps(delta), finish_json, tail)
-            )
-        return out
 
     def chunks(self) -> list[dict[str, Any]]:
         """The chunk objects of a fault-free stream, in order."""
-        return [self._chunk_of(i) for i in range(len(self._timed))]
+        return [self._chunk_of(item) for item in self._items()]
 
     def timed_chunks(self) -> list[tuple[float, dict[str, Any]]]:
         """Each chunk with the second (after the response began) it is due."""
-        return [(self._timed[i][0], self._chunk_of(i)) for i in range(len(self._timed))]
-
-    @property
-    def duration_s(self) -> float:
-        """When the last chunk is due (the whole reply's generation time)."""
-        return self._timed[-1][0] if self._timed else self.options.ttft_s
+        return [(item.at, self._chunk_of(item)) for item in self._items()]
 
     # --- bytes --------------------------------------------------------------------
 
@@ -392,55 +389,60 @@ class Script:
 
     @property
     def keepalive(self) -> bytes:
-        eol = b"\r\n" if self.options.crlf else b"\n"
-        return b": keep-alive" + eol + eol
+        return b": keep-alive" + (b"\r\n\r\n" if self.options.crlf else b"\n\n")
 
     def sse_body(self) -> bytes:
         """The whole fault-free streaming body."""
-        return b"".join(send.data for send in self.plan(fault_active=False).sends)
+        return b"".join(send.data for send in self.plan(fault_active=False))
 
     def plan(self, *, fault_active: bool) -> Plan:
         """The timed writes of the streaming body, with the fault applied if active."""
+        fault = self.fault if fault_active else None
+        kind = fault.kind if fault is not None else ""
+        ending = {"drop": Ending.DROP, "reset": Ending.RESET, "stall": Ending.STALL}
+        return Plan(lambda: _coalesce(self._events(fault)), ending.get(kind, Ending.END))
+
+    def _events(self, fault: Fault | None) -> Iterator[tuple[float, bytes, int]]:
+        """(due second, bytes, chunk objects in them) of the body, fault applied."""
         o = self.options
         end = b"\r\n\r\n" if o.crlf else b"\n\n"
-        events = [
-            (item[0], b"data: " + data + end, 1)
-            for item, data in zip(self._timed, self._encode_chunks(), strict=True)
-        ]
-        end_at = events[-1][0] if events else o.ttft_s
-        tail: list[tuple[float, bytes, int]] = []
-        if not o.omit_done:
-            tail.append((end_at, self.event(b"[DONE]"), 0))
-        ending = Ending.END
-        fault = self.fault if fault_active else None
-        kind = fault.kind if fault else None
-        if fault is not None and kind not in ("bom", "http"):
-            after = min(fault.after, len(events))
-            at = events[after - 1][0] if after else o.ttft_s
-            if kind == "truncate":
-                # Cut before the first finish_reason: the body ends "cleanly" but early.
-                first_finish = next(
-                    (i for i, item in enumerate(self._timed) if item[3]), len(events)
-                )
-                events, tail = events[: min(after, first_finish)], []
-            elif kind == "malformed":
-                events.insert(after, (at, self.event(MALFORMED_DATA), 0))
-            elif kind == "error_chunk":
-                error = orjson.dumps({"error": {**DEFAULT_STREAM_ERROR, **(fault.error or {})}})
-                events, tail = [*events[:after], (at, self.event(error), 0)], []
-            else:  # drop, reset, stall
-                events, tail = events[:after], []
-                ending = {"drop": Ending.DROP, "reset": Ending.RESET}.get(kind or "", Ending.STALL)
-        events.extend(tail)
+        kind = fault.kind if fault is not None else None
         if o.bom or kind == "bom":
-            events.insert(0, (0.0, BOM, 0))
-        # Writes due at the same moment go out together (one join per group, not a
-        # quadratic chain of concatenations: a 0 tokens/s reply is a single group).
-        sends = []
-        for at, same in itertools.groupby(events, key=lambda event: event[0]):
-            group = list(same)
-            sends.append(Send(at, b"".join(e[1] for e in group), sum(e[2] for e in group)))
-        return Plan(tuple(sends), ending)
+            yield 0.0, BOM, 0
+        cut = fault is not None and kind not in ("bom", "http")
+        after = fault.after if fault is not None and cut else -1
+        items = self._items()
+        at, sent, pending = o.ttft_s, 0, None
+        for item in items:
+            # The fault hits after `after` chunks; truncate also stops before the
+            # first finish_reason, so the body ends "cleanly" but early.
+            if sent == after or (kind == "truncate" and item.finish):
+                pending = item
+                break
+            yield item.at, b"data: " + self._encode(item) + end, 1
+            at, sent = item.at, sent + 1
+        if kind == "malformed":
+            yield at, self.event(MALFORMED_DATA), 0
+            if pending is not None:
+                for item in itertools.chain((pending,), items):
+                    yield item.at, b"data: " + self._encode(item) + end, 1
+                    at = item.at
+        elif kind == "error_chunk":
+            assert fault is not None
+            error = {**DEFAULT_STREAM_ERROR, **(fault.error or {})}
+            yield at, self.event(orjson.dumps({"error": error})), 0
+        if (not cut or kind == "malformed") and not o.omit_done:
+            yield at, self.event(b"[DONE]"), 0
+
+
+def _coalesce(events: Iterator[tuple[float, bytes, int]]) -> Iterator[Send]:
+    """Events due at the same moment, as one write."""
+    for at, same in itertools.groupby(events, key=operator.itemgetter(0)):
+        group = list(same)
+        if len(group) == 1:
+            yield Send(*group[0])
+        else:
+            yield Send(at, b"".join([e[1] for e in group]), sum([e[2] for e in group]))
 
 
 def _prompt_filter_chunk() -> dict[str, Any]:

@@ -8,6 +8,7 @@ ZWJ emoji sequence, and a token never splits a character (the mock's
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -32,7 +33,9 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
-def generate_tokens(count: int, seed: int = 0) -> list[str]:
+# Benchmarks ask for the same reply again and again: keep a few.
+@functools.lru_cache(maxsize=64)
+def generate_tokens(count: int, seed: int = 0) -> tuple[str, ...]:
     """``count`` lorem-style tokens, the same for the same ``(count, seed)``.
 
     The first word is picked by the seed (so the choices of one reply, seeded
@@ -65,7 +68,7 @@ def generate_tokens(count: int, seed: int = 0) -> list[str]:
             tokens.append("\n\n" + word)
         else:
             tokens.append(" " + word)
-    return tokens
+    return tuple(tokens)
 
 
 def count_prompt_tokens(messages: object) -> int:

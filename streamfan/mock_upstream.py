@@ -4,7 +4,7 @@ Serves ``POST /v1/chat/completions`` (SSE when ``stream`` is true, else a
 ``chat.completion``), ``GET /v1/models``, and for tests run as a separate process
 ``GET /_mock/requests`` (what it saw) and ``POST /_mock/reset``. What each reply
 says, how fast, and what goes wrong comes from the server's :class:`Defaults` and
-the request's ``"mock"`` field (see ``mock_options`` and ``docs/mock-upstream.md``).
+the request's ``"mock"`` field (every option is described in ``mock_options``).
 
 In-process use::
 
@@ -27,6 +27,8 @@ import asyncio
 import hmac
 import logging
 import signal
+import weakref
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -43,7 +45,7 @@ from streamfan.mock_http import (
     encode_response,
     openai_error,
 )
-from streamfan.mock_options import Defaults
+from streamfan.mock_options import MAX_TOTAL_TOKENS, Defaults
 from streamfan.mock_records import (
     DISCONNECTED,
     RECORD_LIMIT,
@@ -53,14 +55,10 @@ from streamfan.mock_records import (
 )
 from streamfan.mock_respond import READ_SIZE, Connection, Responder
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "MockUpstream", "add_arguments", "run"]
-
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
-#: How long a closing connection may take to flush before it is aborted.
-CLOSE_TIMEOUT_S = 2.0
 #: Listen backlog: benchmarks open a thousand connections at once.
 BACKLOG = 2048
 MODELS = ("mock-gpt", "gpt-4o-mini", "gpt-4o")
@@ -100,7 +98,9 @@ class MockUpstream:
         self.records = Recorder(record_limit)
         self._server: asyncio.Server | None = None
         self._port: int | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
+        # Closed connections whose last bytes are still being flushed to a slow client.
+        self._flushing: weakref.WeakSet[asyncio.WriteTransport] = weakref.WeakSet()
         self._responder = Responder(self.records, self.defaults)
 
     # --- lifecycle ----------------------------------------------------------------
@@ -126,9 +126,14 @@ class MockUpstream:
         if server is None:
             return
         server.close()
+        writers = list(self._tasks.values())
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._responder.close()
+        # Nothing outlives stop(): not even bytes a client never read.
+        for transport in [*(w.transport for w in writers), *self._flushing]:
+            transport.abort()
         await server.wait_closed()
 
     async def __aenter__(self) -> MockUpstream:
@@ -191,7 +196,7 @@ class MockUpstream:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        self._tasks[task] = writer
         conn = Connection(
             reader,
             writer,
@@ -206,8 +211,11 @@ class MockUpstream:
             # here because this task is ours alone, and asyncio would log it.
             pass
         finally:
-            self._tasks.discard(task)
-            await _close(writer)
+            del self._tasks[task]
+            # Flushes what is buffered, then closes; no need to wait for it here.
+            writer.close()
+            if writer.transport.get_write_buffer_size():
+                self._flushing.add(writer.transport)
 
     async def _serve(self, conn: Connection) -> None:
         while True:
@@ -286,30 +294,30 @@ def _models_body() -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    try:
-        # Bounded: a client that stopped reading must not hold the connection open.
-        await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT_S)
-    except (OSError, TimeoutError, asyncio.CancelledError):
-        writer.transport.abort()
-
-
 # --- the command ------------------------------------------------------------------
 
 
 def _non_negative(raw: str) -> float:
-    value = float(raw)
-    if not value >= 0 or value == float("inf"):
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {raw!r}")
     return value
 
 
-def _count(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {raw!r}")
-    return value
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = lo - 1
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer {lo}..{hi}, got {raw!r}")
+        return value
+
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -318,7 +326,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--host", default=DEFAULT_HOST, help=f"listen address (default {DEFAULT_HOST})")
     add(
         "--port",
-        type=int,
+        type=_int_in(0, 65535),
         default=DEFAULT_PORT,
         help=f"listen port (default {DEFAULT_PORT}; 0 picks a free one and prints it)",
     )
@@ -328,7 +336,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--reply", help="the reply text (default: generated lorem-style text)")
     add(
         "--reply-tokens",
-        type=_count,
+        type=_int_in(0, MAX_TOTAL_TOKENS),
         default=d.reply_tokens,
         help=f"tokens of a generated reply (default {d.reply_tokens})",
     )
@@ -339,7 +347,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="token rate per choice (default 0: as fast as possible)",
     )
     add("--ttft-ms", type=_non_negative, default=d.ttft_ms, help="time to first token, ms")
-    add("--chunk-tokens", type=int, default=d.chunk_tokens, help="tokens per chunk (1)")
+    add("--chunk-tokens", type=_int_in(1, 10_000), default=d.chunk_tokens, help="tokens per chunk")
     add(
         "--keepalive-ms",
         type=_non_negative,
@@ -365,8 +373,6 @@ async def _serve_until_signalled(mock: MockUpstream) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.chunk_tokens < 1:
-        raise StreamfanError("--chunk-tokens must be at least 1")
     defaults = Defaults(
         reply=args.reply,
         reply_tokens=args.reply_tokens,
