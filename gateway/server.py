@@ -1,0 +1,356 @@
+"""The gateway: websockets ``serve``, auth at the handshake, one handler per connection.
+
+::
+
+    async with Gateway(settings.replace(port=0)) as gw:
+        url = gw.url                     # ws://127.0.0.1:PORT
+        ...
+
+The handler of a connection only reads: it parses each client frame
+(:mod:`streamfan.protocol`), checks it against the connection's
+:class:`~gateway.session.Session` and hands subscriptions to the
+:class:`~gateway.hub.Hub`. Everything sent to the client goes through the
+connection's :class:`~gateway.peer.Peer`, in order, without waiting on the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from gateway import auth, metrics
+from gateway.endpoints import STATIC_DIR, Endpoints, respond
+from gateway.history import History
+from gateway.hub import Hub
+from gateway.live import Live
+from gateway.peer import Flusher, Peer
+from gateway.session import Session
+from gateway.tuning import RECV_QUEUE, Tuning
+from streamfan import protocol, store
+from streamfan.errors import ConfigError, RedisUnavailable
+from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
+from streamfan.settings import Settings
+
+log = logging.getLogger(__name__)
+#: websockets logs every connection opened and closed here, at INFO.
+connection_log = logging.getLogger("gateway.connections")
+
+READ_CLIENT_NAME = "streamfan-gateway"
+CANCEL_REASON = "cancelled by a subscriber"
+
+
+class Gateway:
+    """One gateway process's server. ``start()``/``stop()`` or ``async with``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tuning: Tuning | None = None,
+        static_dir: Path = STATIC_DIR,
+    ) -> None:
+        self.settings = settings
+        self.tuning = tuning or Tuning()
+        self.metrics = metrics.Metrics()
+        self.registry = metrics.make_registry(self.metrics)
+        self.peers: set[Peer] = set()
+        self._admissions: weakref.WeakKeyDictionary[ServerConnection, auth.Admission] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._server: Server | None = None
+        self._redis: aioredis.Redis | None = None
+        self._hub: Hub | None = None
+        self._live: Live | None = None
+        self._history: History | None = None
+        self._flusher: Flusher | None = None
+        #: Set by stop(): connections whose handler starts later are closed at once.
+        self._stopping: CloseCode | None = None
+        self._endpoints = Endpoints(self._ready, self._render_metrics, static_dir)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> Gateway:
+        s, t = self.settings, self.tuning
+        if s.jwt_secret is None:
+            if not s.insecure_no_auth:
+                raise ConfigError(
+                    "STREAMFAN_JWT_SECRET",
+                    "the gateway needs a secret to verify tokens; set it, or run with "
+                    "--insecure-no-auth (STREAMFAN_INSECURE_NO_AUTH=1) to let anyone read "
+                    "and cancel every stream",
+                )
+            log.warning(
+                "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
+                "reach this gateway may read and cancel EVERY stream"
+            )
+        pool = aioredis.BlockingConnectionPool.from_url(
+            s.events_url,
+            max_connections=s.read_pool_size,
+            timeout=t.pool_wait_s,
+            socket_timeout=t.redis_read_timeout_s,
+            socket_connect_timeout=t.redis_connect_timeout_s,
+            client_name=READ_CLIENT_NAME,
+            # One immediate retry on a fresh connection: after a Redis restart the
+            # pooled sockets are dead, and every read here is idempotent.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.exceptions.ConnectionError],
+        )
+        self._redis = aioredis.Redis(connection_pool=pool)
+        self._history = History(self._redis, s.keys)
+        self._live = Live(s.events_url, s.keys, t, self.metrics)
+        self._hub = Hub(self._history, self._live, self.metrics, t)
+        self._flusher = Flusher()
+        self.metrics.gauges = {
+            "open_connections": ("Open WebSocket connections", lambda: len(self.peers)),
+            "subscriptions": (
+                "Subscriptions held by open connections",
+                lambda: sum(len(p.subs) for p in self.peers),
+            ),
+            "streams": ("Streams watched on pub/sub", lambda: len(self._hub_().streams)),
+            "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
+        }
+        self._hub.start()
+        try:
+            self._server = await serve(
+                self._handler,
+                s.host,
+                s.port,
+                process_request=self._process_request,
+                compression="deflate" if s.compression else None,
+                open_timeout=s.handshake_timeout_s,
+                ping_interval=s.ping_interval_s,
+                ping_timeout=s.ping_timeout_s,
+                close_timeout=t.close_timeout_s,
+                max_size=s.max_frame_bytes,
+                max_queue=RECV_QUEUE,
+                server_header="streamfan",
+                logger=connection_log,
+            )
+        except BaseException:
+            await self._hub.stop()
+            await self._redis.aclose()
+            raise
+        log.info("gateway listening on %s", self.url)
+        return self
+
+    async def stop(self, code: CloseCode = CloseCode.GOING_AWAY) -> None:
+        """Stop accepting, close every socket with ``code`` (1001: reconnect elsewhere)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close(close_connections=False)
+        self._stopping = code
+        for peer in list(self.peers):
+            peer.cut(code)
+        await server.wait_closed()
+        await self._hub_().stop()
+        if self._redis is not None:
+            await self._redis.aclose(close_connection_pool=True)
+        log.info("gateway stopped")
+
+    async def __aenter__(self) -> Gateway:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None, "the gateway is not started"
+        return str(self._server.sockets[0].getsockname()[0])
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "the gateway is not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """``ws://HOST:PORT`` (append ``/ws`` or ``/streams/{ID}``)."""
+        host = self.host
+        return f"ws://[{host}]:{self.port}" if ":" in host else f"ws://{host}:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return "http" + self.url[2:]
+
+    @property
+    def hub(self) -> Hub:
+        return self._hub_()
+
+    def _hub_(self) -> Hub:
+        assert self._hub is not None, "the gateway is not started"
+        return self._hub
+
+    def _live_(self) -> Live:
+        assert self._live is not None, "the gateway is not started"
+        return self._live
+
+    # --- HTTP and the handshake ------------------------------------------------------------
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        path = urlsplit(request.path).path
+        if not auth.is_websocket_path(path):
+            return await self._endpoints.handle(connection, path)
+
+        def header(name: str) -> str | None:
+            values = request.headers.get_all(name)
+            return values[0] if values else None
+
+        result = auth.admit(self.settings, request.path, header)
+        if isinstance(result, auth.Refusal):
+            extra = {}
+            if result.status == HTTPStatus.UNAUTHORIZED:
+                extra["WWW-Authenticate"] = 'Bearer realm="streamfan"'
+            return respond(connection, result.status, result.message + "\n", headers=extra)
+        self._admissions[connection] = result
+        return None
+
+    async def _ready(self) -> str | None:
+        try:
+            async with asyncio.timeout(2.0):
+                reachable = await self._history_().ping()
+        except TimeoutError:
+            reachable = False
+        if not reachable:
+            return "Redis is unreachable"
+        if not self._live_().up:
+            return "the pub/sub connection is down"
+        return None
+
+    def _history_(self) -> History:
+        assert self._history is not None
+        return self._history
+
+    def _render_metrics(self) -> bytes:
+        return metrics.render(self.registry)
+
+    # --- one connection ------------------------------------------------------------------
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        admission = self._admissions.pop(ws, None)
+        if admission is None:  # pragma: no cover - process_request always admits first
+            await ws.close(CloseCode.INTERNAL_ERROR, "no admission")
+            return
+        s, hub = self.settings, self._hub_()
+        loop = asyncio.get_running_loop()
+        session = Session(
+            admission.grant,
+            max_subscriptions=s.max_subscriptions,
+            max_messages_per_s=s.max_messages_per_s,
+            now=loop.time(),
+        )
+        assert self._flusher is not None
+        peer = Peer(
+            ws,
+            session,
+            self._flusher,
+            self.metrics,
+            send_buffer_bytes=s.send_buffer_bytes,
+            close_timeout_s=self.tuning.close_timeout_s,
+            on_cut=hub.detach,
+        )
+        self.peers.add(peer)
+        self.metrics.connections_total += 1
+        if self._stopping is not None:
+            # Its handshake finished as stop() was closing everything else.
+            peer.cut(self._stopping)
+        expiry = None
+        if session.expires_at is not None:
+            delay = max(0.0, session.expires_at - time.time())
+            expiry = loop.call_later(delay, peer.cut, CloseCode.TOKEN_EXPIRED)
+        try:
+            if admission.stream is not None:
+                hub.subscribe(peer, admission.stream, admission.position)
+            else:
+                try:
+                    async with asyncio.timeout(s.handshake_timeout_s):
+                        first = await ws.recv()
+                except TimeoutError:
+                    peer.cut(CloseCode.IDLE)
+                else:
+                    await self._on_frame(peer, first)
+            # Read on after a cut too: the client's close frame must be read.
+            async for frame in ws:
+                await self._on_frame(peer, frame)
+        except ConnectionClosed:
+            pass
+        finally:
+            if expiry is not None:
+                expiry.cancel()
+            hub.detach(peer)
+            self.peers.discard(peer)
+            await peer.wait_closed()
+
+    async def _on_frame(self, peer: Peer, frame: str | bytes) -> None:
+        if peer.closing:
+            return
+        s = self.settings
+        if not peer.session.admit(asyncio.get_running_loop().time()):
+            self.metrics.flood_disconnects += 1
+            log.info("client %s flooding: cut", peer.ws.remote_address)
+            peer.cut(CloseCode.FLOOD, f"flood: more than {s.max_messages_per_s:g} messages/s")
+            return
+        op = protocol.parse_frame(frame)
+        if not isinstance(op, Invalid):
+            refusal = peer.session.authorize(op)
+            if refusal is not None:
+                op = refusal
+        if isinstance(op, Invalid):
+            self.metrics.error(op.code)
+            peer.send(protocol.error(op.stream, op.code, op.message))
+        elif isinstance(op, Ping):
+            peer.send(protocol.PONG)
+        elif isinstance(op, Subscribe):
+            self._hub_().subscribe(peer, op.stream, op.position)
+        elif isinstance(op, Unsubscribe):
+            self._hub_().unsubscribe(peer, op.stream)
+        elif isinstance(op, Cancel):
+            await self._cancel(peer, op.stream)
+
+    async def _cancel(self, peer: Peer, stream_id: str) -> None:
+        s = self.settings
+        assert self._redis is not None
+        try:
+            status = await store.request_cancel(
+                self._redis,
+                s.keys,
+                stream_id,
+                reason=CANCEL_REASON,
+                retention_s=s.retention_s,
+                maxlen=s.maxlen,
+            )
+        except RedisUnavailable:
+            code, message = protocol.UNAVAILABLE, "Redis is unavailable; cancel again shortly"
+        else:
+            if status != "not_found":
+                log.info("stream %s: cancel requested by a subscriber (%s)", stream_id, status)
+                return
+            code, message = protocol.NOT_FOUND, f"stream {stream_id!r} not found"
+        self.metrics.error(code)
+        peer.send(protocol.error(stream_id, code, message))
