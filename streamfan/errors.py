@@ -68,7 +68,7 @@ class HistoryGone(StreamfanError, LookupError):
         self.position = position
         super().__init__(
             f"stream {stream_id!r}: history after {position} is gone (trimmed or expired); "
-            "start again from '0'"
+            "read from '0' for what is kept, or '$' for what comes next"
         )
 
 

@@ -32,15 +32,26 @@ def validate_position(position: str) -> str:
 
 
 async def is_trimmed_past(r: aioredis.Redis, events_key: str, position: str) -> bool:
-    """True if entries after ``position`` were deleted (MAXLEN trimming)."""
+    """True if entries after ``position`` may have been trimmed away (``MAXLEN``).
+
+    ``max-deleted-entry-id`` cannot tell: Redis updates it on ``XDEL``, not when
+    ``MAXLEN`` trims. So: if entries were ever removed (``entries-added`` >
+    ``length``) and ``position`` lies before the first entry kept, what followed
+    it may be gone. Conservative by one entry: a position equal to the last
+    trimmed id is reported too, as Redis does not record which id that was.
+    """
     if position == FROM_NOW:
         return False
     try:
         info: dict[Any, Any] = await r.xinfo_stream(events_key)
     except redis.exceptions.ResponseError:
         return False  # no such stream
-    deleted = info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id")
-    if not deleted:
+    removed = int(info.get("entries-added", 0)) - int(info.get("length", 0))
+    if removed <= 0:
         return False
+    first = info.get("first-entry")
+    if not first:
+        return True
+    first_id = first[0]
     # "0" claims to want everything: any trimmed entry means it cannot have it.
-    return parse_id(position) < parse_id(deleted)
+    return parse_id(position) < parse_id(first_id)

@@ -71,4 +71,5 @@ def settings(redis_url: str) -> Settings:
         retry_max_s=0.5,
         lease_s=3.0,
         worker_poll_delay_s=0.02,
+        port=0,
     )

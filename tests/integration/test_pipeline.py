@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from streamfan.client import Client, Result
-from streamfan.errors import InvalidRequest, InvalidStreamId, StreamNotFound
+from streamfan.errors import HistoryGone, InvalidRequest, InvalidStreamId, StreamNotFound
 from streamfan.events import Event
 from streamfan.mock_upstream import MockUpstream
 from streamfan.serialization import job_serializer
@@ -407,3 +407,23 @@ async def test_a_submit_wakes_an_idle_worker_without_waiting_for_its_poll(
         # Far less than the 30 s poll: only the nudge can have started it.
         await asyncio.wait_for(mock_upstream.wait_request(0), 5)
         await client.result(sub.stream_id)
+
+
+async def test_reading_history_that_maxlen_trimmed_raises_history_gone(
+    pipeline_settings: Settings, client: Client
+) -> None:
+    s = pipeline_settings.replace(maxlen=10)
+    async with RunningWorker(s):
+        sub = await client.submit(chat(reply_tokens=300))
+        # A reader that keeps up is ahead of the trimming: it gets everything.
+        live = await client.result(sub.stream_id)
+    assert live.status == "done"
+    with pytest.raises(HistoryGone):
+        await client.result(sub.stream_id)  # from "0", after the fact
+    raw = await client.redis.xrange(s.keys.events(sub.stream_id))
+    kept_first = raw[0][0].decode()
+    with pytest.raises(HistoryGone):
+        [e async for _i, e in client.events(sub.stream_id, from_="1-0")]
+    # From an id that is still kept, nothing is missing: no error.
+    tail = [e async for _i, e in client.events(sub.stream_id, from_=kept_first)]
+    assert tail[-1]["type"] == "done"
