@@ -55,6 +55,7 @@ class RunningWorker:
         # start, it finishes the poll it is in, waits for running jobs and returns.
         self.worker.burst = True
         self.worker.max_burst_jobs = 0
+        self.state.control.work_available.set()  # wake a poll that is waiting
         try:
             await asyncio.wait_for(asyncio.shield(self.task), GRACEFUL_STOP_S)
         except TimeoutError:
