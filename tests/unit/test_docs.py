@@ -55,3 +55,19 @@ def test_the_kubernetes_gateway_probes_readyz_and_healthz() -> None:
     assert any(d["kind"] == "Service" for d in docs)
     for doc in docs:
         assert {"apiVersion", "kind", "metadata"} <= doc.keys()
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist() -> None:
+    import orjson
+
+    from gateway.metrics import PREFIX as GATEWAY
+    from worker.metrics import PREFIX as WORKER
+
+    dashboard = orjson.loads((ROOT / "deploy/grafana-dashboard.json").read_bytes())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"streamfan_\w+", e)}
+    documented = (ROOT / "docs/protocol.md").read_text() + (ROOT / "worker/metrics.py").read_text()
+    for name in names:
+        assert name.startswith((GATEWAY, WORKER)), name
+        base = re.sub(r"_(total|bucket|sum|count)$", "", name)
+        assert base.removeprefix(GATEWAY).removeprefix(WORKER) in documented, name
