@@ -1,0 +1,233 @@
+"""Scenario ``ingest``: one worker process streaming 1, 100, 1,000 replies at once.
+
+A real ``streamfan worker`` reads the mock upstream at ``--rate`` tokens/s per
+stream (one token per chunk). Over a steady window it reports the worker's CPU
+per upstream chunk (/proc), Redis round trips per network read (the worker's
+``streamfan_worker_writes_total`` / ``..._upstream_reads_total``, and EVALSHA
+calls from ``INFO commandstats``), and whether it keeps up: delivered chunks
+against offered, and the lag of each chunk's entry id timestamp behind the
+schedule of its stream (it grows when the worker falls behind).
+
+Baselines measured in this run: the same SSE bytes through
+:class:`worker.sse.SSEDecoder` alone, and a bare ``XADD`` loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from bench import report
+from bench.events import stamped_delta
+from bench.fanout import _settings
+from bench.machine import CpuMeter, commands_between, commandstats, machine_info
+from bench.procs import Children, redis_for, scrape
+from bench.report import progress
+from bench.sse_decoder import openai_body
+from bench.ttft import body
+from streamfan.client import Client
+from streamfan.keys import Keys
+from streamfan.redis_server import free_port
+from streamfan.settings import Settings
+from worker.sse import SSEDecoder
+
+M = "streamfan_worker_"
+LAG_STREAMS = 20
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--streams", default="1,100,1000", help="sweep of concurrent streams")
+    p.add_argument("--rate", type=float, default=20.0, help="tokens/s per stream")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
+    p.add_argument("--window", type=float, default=6.0, help="measured seconds")
+
+
+async def snapshot(port: int, url: str) -> dict[str, Any]:
+    m = await scrape(port)
+    return {
+        "events": m.get(M + "events_written_total", 0.0),
+        "writes": m.get(M + "writes_total", 0.0),
+        "reads": m.get(M + "upstream_reads_total", 0.0),
+        "running": m.get(M + "streams_running", 0.0),
+        "cmds": commandstats(url),
+    }
+
+
+async def lag_ms(r: aioredis.Redis, sids: list[str], rate: float) -> list[float]:
+    """Per chunk: how far its entry id's ms lies behind its stream's schedule."""
+    keys, out = Keys(), []
+    for sid in sids:
+        entries = await r.xrange(keys.events(sid))
+        ts = [
+            int(eid.split(b"-")[0]) for eid, f in entries if f[b"e"].startswith(b'{"type":"delta"')
+        ]
+        behind = [t - k * 1000.0 / rate for k, t in enumerate(ts)]
+        # Relative to the stream's best-kept moment (the role chunk comes with token 1).
+        out += [b - min(behind) for b in behind]
+    return out
+
+
+async def one(
+    args: argparse.Namespace, sf: Client, n: int, port: int, wpid: int, mpid: int, url: str
+) -> dict[str, Any]:
+    tokens = int(args.rate * (args.warmup + args.window + 30))
+    sids = [(await sf.submit(body(tokens, 0, args.rate))).stream_id for _ in range(n)]
+    deadline = time.monotonic() + 60
+    # Polling another process's counters: there is no event to wait on.
+    while (await snapshot(port, url))["running"] < n and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(args.warmup)
+    s0 = await snapshot(port, url)
+    wcpu, mcpu = CpuMeter(wpid).start(), CpuMeter(mpid).start()
+    await asyncio.sleep(args.window)
+    s1 = await snapshot(port, url)
+    wcpu.stop()
+    mcpu.stop()
+    lags = await lag_ms(sf.redis, sids[:LAG_STREAMS], args.rate)
+    await asyncio.gather(*(sf.cancel(sid) for sid in sids))
+    while (await snapshot(port, url))["running"] > 0 and time.monotonic() < deadline + 60:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    chunks = s1["events"] - s0["events"]
+    writes, reads = s1["writes"] - s0["writes"], s1["reads"] - s0["reads"]
+    cmds = commands_between(s0["cmds"], s1["cmds"])
+    offered = n * args.rate * wcpu.wall_s
+    return {
+        "streams": n,
+        "running": int(s0["running"]),
+        "seconds": wcpu.wall_s,
+        "chunks": chunks,
+        "chunks_per_s": chunks / wcpu.wall_s,
+        "offered_chunks_per_s": n * args.rate,
+        "delivered_fraction": chunks / offered if offered else 0.0,
+        "worker_cpu_cores": wcpu.cores,
+        "worker_cpu_us_per_chunk": wcpu.cpu_s * 1e6 / max(chunks, 1),
+        "mock_cpu_cores": mcpu.cores,
+        "writes": writes,
+        "reads": reads,
+        "round_trips_per_read": writes / max(reads, 1),
+        "evalsha_per_read": cmds.get("evalsha", 0) / max(reads, 1),
+        "redis_commands": cmds,
+        "lag_ms": report.summary(lags),
+    }
+
+
+def sse_baseline() -> dict[str, float]:
+    data, read, rounds = openai_body(2000), 1536, 20
+    pieces = [data[i : i + read] for i in range(0, len(data), read)]
+    c0 = time.process_time()
+    for _ in range(rounds):
+        dec = SSEDecoder()
+        for p in pieces:
+            dec.decode(p)
+        dec.flush()
+    cpu = time.process_time() - c0
+    return {"chunks": 2002 * rounds, "cpu_us_per_chunk": cpu * 1e6 / (2002 * rounds)}
+
+
+async def xadd_baseline(url: str, n: int = 3000) -> dict[str, float]:
+    r = aioredis.Redis.from_url(url)
+    ev = orjson.dumps({k: v for k, v in stamped_delta().items() if k != "bench_t"})
+    await r.ping()
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(n):
+        await r.xadd("bench:xadd", {"e": ev}, maxlen=100_000, approximate=True)
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+    await r.delete("bench:xadd")
+    await r.aclose()
+    return {"calls": n, "cpu_us_per_xadd": cpu * 1e6 / n, "wall_us_per_xadd": wall * 1e6 / n}
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    sweep = [int(s) for s in args.streams.split(",") if s]
+    rows = []
+    with redis_for(args.redis_url) as (redis_url, _pid):
+        baselines = {"sse_decoder": sse_baseline(), "xadd_loop": await xadd_baseline(redis_url)}
+        async with Children() as children:
+            mock, upstream = await children.mock_upstream()
+            port = free_port()
+            worker = await children.worker(
+                redis_url, upstream, port, worker_max_jobs=max(sweep) + 10
+            )
+            async with Client(Settings.from_env({}, redis_url=redis_url)) as sf:
+                for n in sweep:
+                    progress(f"ingest: {n} streams at {args.rate:g} tokens/s")
+                    rows.append(await one(args, sf, n, port, worker.pid, mock.pid, redis_url))
+    return {
+        "scenario": "ingest",
+        "command": " ".join(["python -m bench ingest", *args.argv]),
+        "machine": machine_info(),
+        "settings": _settings(),
+        "config": {k: v for k, v in vars(args).items() if k not in ("func", "argv", "out")},
+        "rows": rows,
+        "baselines": baselines,
+        # What one core would sustain at the CPU cost per chunk measured.
+        "streams_per_core_estimate": max(
+            (
+                r["chunks_per_s"] / r["worker_cpu_cores"] / args.rate
+                for r in rows
+                if r["worker_cpu_cores"] > 0
+            ),
+            default=0.0,
+        ),
+        # The most streams measured that kept up (>= 95 % of the chunks, lag p99 < 1 s).
+        "max_sustained_streams": max(
+            (
+                r["streams"]
+                for r in rows
+                if r["delivered_fraction"] >= 0.95 and r["lag_ms"]["p99"] < 1000
+            ),
+            default=0,
+        ),
+    }
+
+
+def render(data: dict[str, Any]) -> str:
+    headers = [
+        "streams",
+        "chunks/s",
+        "offered",
+        "worker CPU",
+        "µs CPU/chunk",
+        "RT/read",
+        "evalsha/read",
+        "lag p50 ms",
+        "lag p99 ms",
+        "mock CPU",
+    ]
+    rows = [
+        [
+            r["streams"],
+            r["chunks_per_s"],
+            r["offered_chunks_per_s"],
+            r["worker_cpu_cores"],
+            r["worker_cpu_us_per_chunk"],
+            r["round_trips_per_read"],
+            r["evalsha_per_read"],
+            r["lag_ms"]["p50"],
+            r["lag_ms"]["p99"],
+            r["mock_cpu_cores"],
+        ]
+        for r in data["rows"]
+    ]
+    b = data["baselines"]
+    base = report.table(
+        ["baseline", "µs CPU per item"],
+        [
+            ["SSEDecoder alone, per chunk", b["sse_decoder"]["cpu_us_per_chunk"]],
+            ["bare XADD loop (client CPU)", b["xadd_loop"]["cpu_us_per_xadd"]],
+            ["bare XADD loop (wall)", b["xadd_loop"]["wall_us_per_xadd"]],
+        ],
+    )
+    return report.table(headers, rows) + "\n\n" + base
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    data = asyncio.run(run(args))
+    print(render(data))
+    progress(f"wrote {report.write_json('ingest', data, args.out)}")
+    return data

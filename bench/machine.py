@@ -1,0 +1,103 @@
+"""What the machine is, and what a process costs: CPU ticks and RSS from /proc, Redis stats."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def machine_info() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    ram = os.sysconf("SC_PHYS_PAGES") * PAGE
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count() or 0,
+        "ram_bytes": ram,
+        "ram_gib": round(ram / 2**30, 1),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def raise_nofile() -> int:
+    """Raise RLIMIT_NOFILE to its hard limit in this process; return the new soft limit."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (seconds), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass
+class CpuMeter:
+    """CPU cores used by a process between :meth:`start` and :meth:`stop`."""
+
+    pid: int
+    cpu0: float = 0.0
+    t0: float = 0.0
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+    def start(self) -> CpuMeter:
+        self.cpu0, self.t0 = cpu_seconds(self.pid), time.monotonic()
+        return self
+
+    def stop(self) -> CpuMeter:
+        self.cpu_s = cpu_seconds(self.pid) - self.cpu0
+        self.wall_s = time.monotonic() - self.t0
+        return self
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def commandstats(url: str) -> dict[str, int]:
+    """calls per command (``INFO commandstats``), lower-case names."""
+    with redis.Redis.from_url(url) as r:
+        info = r.info("commandstats")
+    out: dict[str, int] = {}
+    for key, value in info.items():
+        name = key.removeprefix("cmdstat_")
+        out[name] = int(value["calls"])
+    return out
+
+
+def commands_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Commands run between two snapshots, without INFO itself (the measuring)."""
+    diff = {k: v - before.get(k, 0) for k, v in after.items()}
+    return {k: v for k, v in sorted(diff.items()) if v > 0 and k != "info"}
