@@ -93,7 +93,6 @@ def test_memory_measures_rss_with_and_after_connections(tmp_path: Path, redis_ur
 
 
 def test_plot_draws_the_fanout_charts(tmp_path: Path, redis_url: str) -> None:
-    pytest.importorskip("matplotlib")
     results = tmp_path / "results"
     run(
         "fanout",
