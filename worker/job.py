@@ -42,6 +42,7 @@ from streamfan.events import Event
 from streamfan.keys import is_valid_stream_id
 from streamfan.requests import streaming_body, validate_chat_request
 from streamfan.settings import Settings
+from worker.arqhold import ArqHold
 from worker.control import ControlChannel
 from worker.metrics import WorkerMetrics
 from worker.publisher import AttemptWriter, Claim, LeaseLost, Publisher, StreamFinished
@@ -53,8 +54,6 @@ log = logging.getLogger(__name__)
 
 #: The key of :class:`WorkerState` in arq's ``ctx``.
 STATE_KEY = "streamfan"
-#: arq's in-progress key prefix (arq.constants.in_progress_key_prefix).
-ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 #: Delay before retrying after Redis itself failed mid-attempt.
 REDIS_RETRY_S = 1.0
 
@@ -101,13 +100,23 @@ async def chat_stream(ctx: dict[str, Any], body: Any) -> str:
     if not is_valid_stream_id(stream_id):
         log.error("job id %r is not a valid stream id; dropping the job", stream_id)
         return "invalid_id"
-    return await Attempt(state, stream_id, body).run()
+    score = ctx.get("score")
+    return await Attempt(state, stream_id, body, score=int(score) if score else None).run()
 
 
 class Attempt:
-    def __init__(self, state: WorkerState, stream_id: str, body: Any) -> None:
+    def __init__(
+        self, state: WorkerState, stream_id: str, body: Any, *, score: int | None = None
+    ) -> None:
         self.state = state
         self.settings = state.settings
+        self.hold = ArqHold(
+            state.queue_redis,
+            state.settings.queue_name,
+            stream_id,
+            score,
+            state.publisher.lease_ms,
+        )
         self.stream_id = stream_id
         self.body = body
         self.model = body.get("model") if isinstance(body, dict) else None
@@ -130,13 +139,12 @@ class Attempt:
             return claim.status or claim.outcome
         self.writer = pub.writer(sid, claim.attempt)
         log.info("stream %s: attempt %d started", sid, claim.attempt)
-        # arq set its in-progress key to its job timeout (an hour); shorten it to
-        # our lease at once, so a worker killed in the first seconds is not the
-        # one case that waits an hour.
+        # Out of arq's polls, and under our lease instead of arq's job timeout
+        # (see worker/arqhold.py).
         try:
-            await self.state.queue_redis.pexpire(ARQ_IN_PROGRESS_PREFIX + sid, pub.lease_ms)
+            await self.hold.renew()
         except Exception as exc:  # the lease loop retries this every lease_s / 3
-            log.warning("stream %s: cannot shorten arq's lock: %s", sid, exc)
+            log.warning("stream %s: cannot hold the arq job: %s", sid, exc)
         metrics = self.state.metrics
         metrics.streams_running.inc()
         outcome = "retry"
@@ -216,7 +224,9 @@ class Attempt:
                     exc.message,
                     delay,
                 )
-                await self._release()
+                with contextlib.suppress(RedisUnavailable):  # then the lease just runs out
+                    await self.state.publisher.renew(sid, self.token, lease_ms=1)
+                    await self.hold.before_retry()
                 raise Retry(defer=delay) from exc
             log.warning("stream %s: failed for good (%s: %s)", sid, exc.code, exc.message)
             return await self._finish(error_event(exc))
@@ -239,20 +249,17 @@ class Attempt:
     async def _release(self) -> None:
         """Give up the lease now (it expires in 1 ms) so the next attempt need not wait."""
         await self.state.publisher.renew(self.stream_id, self.token, lease_ms=1)
-        await self.state.queue_redis.pexpire(ARQ_IN_PROGRESS_PREFIX + self.stream_id, 1)
+        await self.hold.release()
 
     async def _keep_lease(self) -> Event:
         """Renew the lease and arq's in-progress key; return/raise when the attempt must stop."""
         pub = self.state.publisher
         interval = self.settings.lease_s / 3
-        in_progress = ARQ_IN_PROGRESS_PREFIX + self.stream_id
         while True:
             await asyncio.sleep(interval)
             try:
                 held, reason = await pub.renew(self.stream_id, self.token)
-                # Shorten arq's own lock to our lease: a killed worker's job then
-                # runs again after lease_s, not after arq's job_timeout.
-                await self.state.queue_redis.pexpire(in_progress, pub.lease_ms)
+                await self.hold.renew()
             except RedisUnavailable:
                 continue  # the writes will fail too and decide; keep trying
             if not held:

@@ -427,3 +427,18 @@ async def test_reading_history_that_maxlen_trimmed_raises_history_gone(
     # From an id that is still kept, nothing is missing: no error.
     tail = [e async for _i, e in client.events(sub.stream_id, from_=kept_first)]
     assert tail[-1]["type"] == "done"
+
+
+async def test_a_running_job_is_held_out_of_arqs_polls_and_released_when_done(
+    pipeline_settings: Settings, client: Client, mock_upstream: MockUpstream
+) -> None:
+    queue = pipeline_settings.queue_name
+    async with RunningWorker(pipeline_settings):
+        sub = await client.submit(chat(reply_tokens=200, tokens_per_s=100))
+        await mock_upstream.wait_chunks(0, 5)
+        due = await client.redis.zrangebyscore(queue, "-inf", int(time.time() * 1000))
+        score = await client.redis.zscore(queue, sub.stream_id)
+        assert sub.stream_id.encode() not in due  # polls skip it: no per-poll cost
+        assert score is not None and score > time.time() * 1000  # held for the lease
+        await client.result(sub.stream_id)
+    assert await client.redis.zscore(queue, sub.stream_id) is None
