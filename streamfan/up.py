@@ -208,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
     except _StopRequested:
         pass
     finally:
-        print("\nstopping…", file=sys.stderr, flush=True)
+        if up.children or up.redis is not None:
+            print("\nstopping…", file=sys.stderr, flush=True)
         up.stop()
     return 0

@@ -125,6 +125,10 @@ async def test_token_mints_a_token_for_the_given_streams(settings: Settings) -> 
         (["submit", "hi"], {"STREAMFAN_REDIS_URL": "redis://127.0.0.1:9/0"}, ["Redis"]),
         (["status", "abc"], {"STREAMFAN_MAXLEN": "lots"}, ["STREAMFAN_MAXLEN"]),
         (["submit", "hi", "--model", ""], {}, ["model"]),
+        (["worker"], {"STREAMFAN_UPSTREAM_BASE_URL": "ftp://x"}, ["STREAMFAN_UPSTREAM_BASE_URL"]),
+        (["worker"], {"STREAMFAN_WORKER_MAX_JOBS": "0"}, ["STREAMFAN_WORKER_MAX_JOBS"]),
+        (["gateway"], {"STREAMFAN_PORT": "99999"}, ["STREAMFAN_PORT"]),
+        (["up", "--workers", "0"], {"STREAMFAN_REDIS_URL": "redis://127.0.0.1:9/0"}, ["--workers"]),
     ],
 )
 async def test_every_mistake_is_one_clear_line_and_a_non_zero_exit(
