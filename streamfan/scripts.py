@@ -124,10 +124,11 @@ return {'run', attempt, had}
 
 #: Worker: append events of one attempt. Idempotent by (attempt, seq): events
 #: already written by a lost-reply retry are skipped; a stale attempt is refused.
-#: ARGV: attempt, seq, maxlen, now_ms, final_status ('' unless terminal),
-#:       retention_ms, n_meta_pairs, [field, value]*, event_json*
-#: Returns {'ok', cancel_reason_or_empty, id*} | {'stale', attempt} | {'finished', status}
-#:       | {'gap', have} | {'gone'}
+#: ARGV: attempt, seq ('' = append after whatever is there), maxlen, now_ms,
+#:       final_status ('' unless terminal), retention_ms, n_meta_pairs,
+#:       [field, value]*, event_json*
+#: Returns {'ok', cancel_reason_or_empty, seq_after, id*} | {'stale', attempt}
+#:       | {'finished', status} | {'gap', have} | {'gone'}
 APPEND: Final = (
     _COMMON
     + r"""
@@ -137,7 +138,10 @@ if tonumber(cur) ~= tonumber(ARGV[1]) then return {'stale', cur} end
 local status = redis.call('HGET', meta, 'status')
 if is_finished(status) then return {'finished', status} end
 local have = tonumber(redis.call('HGET', meta, 'seq') or '0')
-local first = tonumber(ARGV[2])
+-- seq '' = "wherever the stream is": the writer lost track (a call interrupted
+-- after the script ran), so nothing may be skipped as already written.
+local first = have
+if ARGV[2] ~= '' then first = tonumber(ARGV[2]) end
 if first > have then return {'gap', have} end
 local npairs = tonumber(ARGV[7])
 local base = 7 + 2 * npairs
@@ -150,7 +154,7 @@ for i = 1, npairs do
   redis.call('HSET', meta, ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
 if ARGV[5] ~= '' then finish(ARGV[5], ARGV[4], ARGV[6]) end
-local out = {'ok', redis.call('HGET', meta, 'cancel') or ''}
+local out = {'ok', redis.call('HGET', meta, 'cancel') or '', have + #ids}
 for i = 1, #ids do out[#out + 1] = ids[i] end
 return out
 """

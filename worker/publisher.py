@@ -139,6 +139,9 @@ class AttemptWriter:
         #: A cancel reason reported by the last write ('' if none).
         self.cancel_requested = ""
         self.last_ids: list[str] = []
+        #: True while a write is in flight; still True after one was interrupted
+        #: (cancelled), when whether its script ran is unknown.
+        self._unsure = False
 
     async def write(
         self,
@@ -156,7 +159,9 @@ class AttemptWriter:
             pairs += [field, value]
         args: list[Any] = [
             self.attempt,
-            self.seq,
+            # After an interrupted write the position is unknown: let the script
+            # append after whatever is there rather than skip what may be new.
+            "" if self._unsure else self.seq,
             pub.settings.maxlen,
             now_ms(),
             final_status,
@@ -166,6 +171,7 @@ class AttemptWriter:
             *(events.encode_event(e) for e in batch),
         ]
         keys = stream_keys(pub.keys, self.stream_id)
+        self._unsure = True
         for tries in range(1, WRITE_TRIES + 1):
             try:
                 res = await pub._append(keys, args)
@@ -177,10 +183,11 @@ class AttemptWriter:
                     raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
                 log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
         outcome = _s(res[0])
+        self._unsure = False
         if outcome == "ok":
             self.cancel_requested = _s(res[1])
-            ids = [_s(i) for i in res[2:]]
-            self.seq += len(batch)
+            self.seq = int(res[2])
+            ids = [_s(i) for i in res[3:]]
             self.last_ids = ids
             return ids
         if outcome == "finished":

@@ -154,3 +154,21 @@ async def test_a_job_past_its_last_attempt_ends_the_stream_with_an_error(
     meta = await read_meta(aredis, s.keys, "x")
     assert meta is not None and meta.status == "error"
     assert stream_keys(s.keys, "x")[0] == s.keys.meta("x")
+
+
+async def test_a_terminal_event_after_an_interrupted_write_is_never_skipped(
+    aredis: aioredis.Redis, settings: Settings
+) -> None:
+    # A cancel can interrupt a write after its script ran: the writer never learns
+    # that its position moved. The terminal event written next must still land.
+    await create_meta(aredis, settings.keys, "int", model="m", owner=None)
+    pub = Publisher(aredis, settings)
+    claim = await pub.begin("int", "tok", "m")
+    w = pub.writer("int", claim.attempt)
+    await w.write([events.start("int", "m", 1, 1)])
+    await w.write([events.delta([{"index": 0}]), events.delta([{"index": 0}])])
+    w.seq -= 2  # the reply of that write was lost to the cancel
+    w._unsure = True
+    await w.finish(events.cancelled("user"))
+    kinds = [e["type"] for e in await _entries(aredis, settings, "int")]
+    assert kinds == ["start", "delta", "delta", "cancelled"]
