@@ -11,6 +11,7 @@ superseded (this worker lost its lease) is refused with :class:`LeaseLost`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -139,8 +140,8 @@ class AttemptWriter:
         #: A cancel reason reported by the last write ('' if none).
         self.cancel_requested = ""
         self.last_ids: list[str] = []
-        #: True while a write is in flight; still True after one was interrupted
-        #: (cancelled), when whether its script ran is unknown.
+        #: True after a write was cancelled mid-call: whether its script ran is
+        #: unknown, so the next write appends after whatever is there.
         self._unsure = False
 
     async def write(
@@ -171,17 +172,23 @@ class AttemptWriter:
             *(events.encode_event(e) for e in batch),
         ]
         keys = stream_keys(pub.keys, self.stream_id)
-        self._unsure = True
         for tries in range(1, WRITE_TRIES + 1):
             try:
                 res = await pub._append(keys, args)
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 # The script may or may not have run: retrying with the same seq
-                # is safe, the script skips what it already wrote.
+                # is safe, the script skips what it already wrote. (So is a
+                # caller's retry of the same batch after RedisUnavailable.)
                 if tries == WRITE_TRIES:
                     raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
                 log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
+            except asyncio.CancelledError:
+                # Cancelled mid-call: whether the script ran is unknown, and the
+                # next write will be a different batch (the terminal event), which
+                # must not be skipped as if it were this one.
+                self._unsure = True
+                raise
         outcome = _s(res[0])
         self._unsure = False
         if outcome == "ok":
