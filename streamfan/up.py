@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import secrets
 import signal
@@ -20,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -98,7 +100,12 @@ class Up:
                 "--tokens-per-s", str(DEMO_TOKENS_PER_S), "--ttft-ms", str(DEMO_TTFT_MS),
                 "--reply-tokens", str(DEMO_REPLY_TOKENS),
             )  # fmt: skip
-            _wait_port(self, a.host, port, self.children[-1][1])
+            _wait_until(
+                self,
+                self.children[-1][1],
+                "the mock upstream",
+                functools.partial(_listening, a.host, port),
+            )
             self.env["STREAMFAN_UPSTREAM_BASE_URL"] = f"http://{a.host}:{port}/v1"
             self.env.setdefault("STREAMFAN_UPSTREAM_API_KEY", "sk-mock")
             print(f"upstream  http://{a.host}:{port}/v1 (mock)", flush=True)
@@ -112,7 +119,12 @@ class Up:
         for port in ports:
             self._spawn("gateway", "gateway", "--host", a.host, "--port", str(port))
         for port, (_name, proc) in zip(ports, self.children[-len(ports) :], strict=True):
-            _wait_ready(self, f"http://{a.host}:{port}/readyz", proc)
+            _wait_until(
+                self,
+                proc,
+                "the gateway",
+                functools.partial(_answers_200, f"http://{a.host}:{port}/readyz"),
+            )
             print(f"gateway   ws://{a.host}:{port}/ws", flush=True)
         return settings, ports
 
@@ -134,35 +146,35 @@ class Up:
             self.redis = None
 
 
-def _wait_port(up: Up, host: str, port: int, proc: subprocess.Popen[bytes]) -> None:
+def _wait_until(
+    up: Up, proc: subprocess.Popen[bytes], what: str, ready: Callable[[], bool]
+) -> None:
+    """Poll ``ready()`` until it is true; fail if ``proc`` exits or time runs out."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if up.stopping:
             raise _StopRequested
         if proc.poll() is not None:
-            raise StreamfanError(f"a child process exited at start (code {proc.returncode})")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise StreamfanError(f"nothing listened on {host}:{port} within {START_TIMEOUT_S:g} s")
+            raise StreamfanError(f"{what} exited at start (code {proc.returncode})")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise StreamfanError(f"{what} was not ready within {START_TIMEOUT_S:g} s")
 
 
-def _wait_ready(up: Up, url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if up.stopping:
-            raise _StopRequested
-        if proc.poll() is not None:
-            raise StreamfanError(f"the gateway exited at start (code {proc.returncode})")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise StreamfanError(f"{url} was not ready within {START_TIMEOUT_S:g} s")
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 async def _demo(settings: Settings, host: str, port: int) -> None:
