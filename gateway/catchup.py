@@ -5,7 +5,10 @@ The order is what makes history and live join without a gap or a duplicate:
 1. the stream's channel is subscribed (and Redis confirmed it) before anything
    is read, so every write after the read will wake the hub;
 2. the meta is read: no meta is ``not_found`` (or ``gone`` for an explicit id:
-   the stream existed and has expired); ``$`` resolves to the meta's ``last_id``;
+   the stream existed and has expired); ``$`` resolves to the meta's ``last_id``
+   (written in the same script as each ``XADD``, so it is the stream's newest
+   entry). ``subscribed`` tells the client that resolved position: everything
+   it is sent comes after it, so it can resume from there before any event;
 3. history is read page by page from the subscriber's own position, straight
    to its socket only (others are not disturbed), pacing itself on the socket;
 4. once it has everything up to the shared position, it joins the fan-out —
@@ -61,13 +64,16 @@ async def _run(hub: Hub, sub: Subscription, position: str) -> None:
         else:
             hub.fail(sub, protocol.GONE, f"stream {sid!r} no longer exists (expired)")
         return
-    peer.send(protocol.subscribed(sid, meta.status), bounded=False)
     known_end: Id | None = None
     if position == protocol.FROM_NOW:
         pos = id_of(meta.last_id) if meta.last_id else ZERO
         known_end = pos
     else:
         pos = id_of(position)
+    # ``pos`` is the very position _catch_up delivers after (nothing at or
+    # below it is sent), so resuming from it neither skips nor repeats.
+    peer.send(protocol.subscribed(sid, meta.status, format_id(pos).decode()), bounded=False)
+    sub.answered = True
     finished = meta.status if meta.finished else None
     await _catch_up(hub, sub, pos, known_end, finished, had_entries=meta.last_id is not None)
 

@@ -42,13 +42,15 @@ log = logging.getLogger(__name__)
 
 
 class Subscription:
-    __slots__ = ("active", "peer", "state", "stream_id")
+    __slots__ = ("active", "answered", "peer", "state", "stream_id")
 
     def __init__(self, peer: Peer, stream_id: str, state: StreamState) -> None:
         self.peer = peer
         self.stream_id = stream_id
         self.state = state
         self.active = True
+        #: ``subscribed`` went out: a later error answers no request (``reply_to`` null).
+        self.answered = False
 
 
 class StreamState:
@@ -184,8 +186,11 @@ class Hub:
         self.release(sub)
 
     def fail(self, sub: Subscription, code: str, message: str) -> None:
+        """End a subscription with an error: the answer to its ``subscribe`` if it
+        was not answered yet, else an error that answers nothing."""
         self.metrics.error(code)
-        self.finish(sub, protocol.error(sub.stream_id, code, message))
+        reply_to = None if sub.answered else protocol.SUBSCRIBE
+        self.finish(sub, protocol.error(sub.stream_id, code, message, reply_to=reply_to))
 
     def establish(self, st: StreamState, end: Id) -> None:
         """Set the shared position from a read that reached the stream's end."""
@@ -273,8 +278,10 @@ class Hub:
         """Stop fanning out a stream: it ended (``end`` was sent) or failed with ``error``."""
         for sub in (*st.subs, *st.ahead):
             if error is not None:
+                # Only subscribers that were answered long ago are fanned out to.
                 self.metrics.error(error[0])
-                sub.peer.send(protocol.error(st.stream_id, *error), bounded=False)
+                line = protocol.error(st.stream_id, *error, reply_to=None)
+                sub.peer.send(line, bounded=False)
             sub.active = False
             if sub.peer.subs.get(sub.stream_id) is sub:
                 del sub.peer.subs[sub.stream_id]

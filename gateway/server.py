@@ -40,7 +40,7 @@ from gateway.live import Live
 from gateway.peer import Flusher, Peer
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
-from streamfan import protocol, store
+from streamfan import events, protocol, store
 from streamfan.errors import ConfigError, RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
 from streamfan.settings import Settings
@@ -323,7 +323,7 @@ class Gateway:
                 op = refusal
         if isinstance(op, Invalid):
             self.metrics.error(op.code)
-            peer.send(protocol.error(op.stream, op.code, op.message))
+            peer.send(protocol.error(op.stream, op.code, op.message, reply_to=op.reply_to))
         elif isinstance(op, Ping):
             peer.send(protocol.PONG)
         elif isinstance(op, Subscribe):
@@ -350,7 +350,11 @@ class Gateway:
         else:
             if status != "not_found":
                 log.info("stream %s: cancel requested by a subscriber (%s)", stream_id, status)
+                # The store says "cancelling" for a running job it flagged; the
+                # answer gives the stream's status, as every other message does.
+                status = events.STATUS_RUNNING if status == "cancelling" else status
+                peer.send(protocol.cancelling(stream_id, status))
                 return
             code, message = protocol.NOT_FOUND, f"stream {stream_id!r} not found"
         self.metrics.error(code)
-        peer.send(protocol.error(stream_id, code, message))
+        peer.send(protocol.error(stream_id, code, message, reply_to=protocol.CANCEL))

@@ -80,21 +80,29 @@ class Session:
         if isinstance(op, Subscribe):
             if not self.grant.can_read(op.stream):
                 return Invalid(
-                    protocol.FORBIDDEN, f"token does not allow stream {op.stream!r}", op.stream
+                    protocol.FORBIDDEN,
+                    f"token does not allow stream {op.stream!r}",
+                    op.stream,
+                    op.op,
                 )
             if op.stream in self.streams:
+                # The subscription in place carries on; only this request is refused.
                 return Invalid(
-                    protocol.BAD_REQUEST, f"already subscribed to {op.stream!r}", op.stream
+                    protocol.BAD_REQUEST, f"already subscribed to {op.stream!r}", op.stream, op.op
                 )
             if len(self.streams) >= self.max_subscriptions:
                 return Invalid(
                     protocol.TOO_MANY_SUBSCRIPTIONS,
                     f"at most {self.max_subscriptions} subscriptions per connection",
                     op.stream,
+                    op.op,
                 )
         elif isinstance(op, Cancel) and not self.grant.can_cancel(op.stream):
             return Invalid(
-                protocol.FORBIDDEN, f"token does not allow cancelling {op.stream!r}", op.stream
+                protocol.FORBIDDEN,
+                f"token does not allow cancelling {op.stream!r}",
+                op.stream,
+                op.op,
             )
         return None
 

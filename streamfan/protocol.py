@@ -10,11 +10,18 @@ Client → gateway: one JSON object per text frame, with an ``op``::
 Gateway → client: one or more messages per text frame as JSON Lines (compact
 JSON, ``\\n`` between messages, none after the last)::
 
-    {"op":"subscribed","stream":"abc","status":"running"}
-    {"op":"event","stream":"abc","id":"1700000000000-0","event":{...}}
+    {"op":"subscribed","stream":"abc","status":"running","last_id":"1700000000000-0"}
+    {"op":"event","stream":"abc","id":"1700000000000-1","event":{...}}
     {"op":"end","stream":"abc","status":"done"}
-    {"op":"error","stream":"abc","code":"not_found","message":"..."}
+    {"op":"cancelling","stream":"abc","status":"running"}
+    {"op":"error","stream":"abc","code":"not_found","message":"...","reply_to":"subscribe"}
     {"op":"pong"}
+
+Every client message gets at most one answer: ``subscribe`` → ``subscribed``,
+``cancel`` → ``cancelling``, ``ping`` → ``pong``, or an ``error`` whose
+``reply_to`` names the op it answers. An ``error`` with ``reply_to`` null
+answers a frame whose op could not be read, or answers nothing: a subscription
+that was confirmed has failed since.
 
 :func:`parse_frame` never raises on bad input: it returns an :class:`Invalid`
 carrying the error code to send back (the websockets way: bad input becomes a
@@ -26,7 +33,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import orjson
 
@@ -125,9 +132,16 @@ def parse_position(value: object) -> str | None:
 
 # --- client operations -----------------------------------------------------------------
 
+SUBSCRIBE: Final = "subscribe"
+UNSUBSCRIBE: Final = "unsubscribe"
+CANCEL: Final = "cancel"
+PING: Final = "ping"
+OPS: Final = (SUBSCRIBE, UNSUBSCRIBE, CANCEL, PING)
+
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
+    op: ClassVar[str] = SUBSCRIBE
     stream: str
     #: ``"$"`` or a normalised entry id (``"0-0"`` for everything).
     position: str
@@ -135,17 +149,19 @@ class Subscribe:
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
+    op: ClassVar[str] = UNSUBSCRIBE
     stream: str
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
+    op: ClassVar[str] = CANCEL
     stream: str
 
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    pass
+    op: ClassVar[str] = PING
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,22 +171,24 @@ class Invalid:
     code: str
     message: str
     stream: str | None = None
+    #: The op of the refused message; None when no known op could be read from it.
+    reply_to: str | None = None
 
 
 ClientOp = Subscribe | Unsubscribe | Cancel | Ping
 
-OPS: Final = ("subscribe", "unsubscribe", "cancel", "ping")
 
-
-def _stream_field(msg: dict[str, Any]) -> str | Invalid:
+def _stream_field(msg: dict[str, Any], op: str) -> str | Invalid:
     if "stream" not in msg:
-        return Invalid(BAD_REQUEST, "missing field 'stream'")
+        return Invalid(BAD_REQUEST, "missing field 'stream'", reply_to=op)
     stream = msg["stream"]
     if not isinstance(stream, str):
-        return Invalid(BAD_REQUEST, "field 'stream' must be a string")
+        return Invalid(BAD_REQUEST, "field 'stream' must be a string", reply_to=op)
     if not is_valid_stream_id(stream):
         return Invalid(
-            BAD_REQUEST, "invalid stream id: must be 1-128 characters of A-Z a-z 0-9 . _ : -"
+            BAD_REQUEST,
+            "invalid stream id: must be 1-128 characters of A-Z a-z 0-9 . _ : -",
+            reply_to=op,
         )
     return stream
 
@@ -188,27 +206,28 @@ def parse_frame(data: str | bytes) -> ClientOp | Invalid:
     op = msg["op"]
     if not isinstance(op, str):
         return Invalid(BAD_REQUEST, "field 'op' must be a string")
-    if op == "ping":
+    if op == PING:
         return Ping()
     if op not in OPS:
         shown = op if len(op) <= 40 else op[:37] + "..."
         return Invalid(BAD_REQUEST, f"unknown op {shown!r}: expected one of {', '.join(OPS)}")
-    stream = _stream_field(msg)
+    stream = _stream_field(msg, op)
     if isinstance(stream, Invalid):
         return stream
-    if op == "unsubscribe":
+    if op == UNSUBSCRIBE:
         return Unsubscribe(stream)
-    if op == "cancel":
+    if op == CANCEL:
         return Cancel(stream)
     raw_from = msg.get("from", FROM_START)
     if not isinstance(raw_from, str):
-        return Invalid(BAD_REQUEST, "field 'from' must be a string", stream)
+        return Invalid(BAD_REQUEST, "field 'from' must be a string", stream, SUBSCRIBE)
     position = parse_position(raw_from)
     if position is None:
         return Invalid(
             BAD_REQUEST,
             'invalid \'from\': use "0", "$" or a stream entry id like "1700000000000-0"',
             stream,
+            SUBSCRIBE,
         )
     return Subscribe(stream, position)
 
@@ -220,16 +239,38 @@ PONG: Final = b'{"op":"pong"}'
 LINE_SEPARATOR: Final = b"\n"
 
 
-def subscribed(stream: str, status: str) -> bytes:
-    return orjson.dumps({"op": "subscribed", "stream": stream, "status": status})
+def subscribed(stream: str, status: str, last_id: str | None = None) -> bytes:
+    """The answer to ``subscribe``: events follow, each with an id after ``last_id``.
+
+    ``last_id`` is the entry id the subscription is positioned after (``"$"``
+    resolved; ``"0-0"`` for the whole stream): a client that drops before its
+    first event resumes with ``from`` = ``last_id``. The gateway always gives
+    it; None (sent as null) is for stand-ins that know no position.
+    """
+    return orjson.dumps(
+        {"op": "subscribed", "stream": stream, "status": status, "last_id": last_id}
+    )
 
 
 def end(stream: str, status: str) -> bytes:
     return orjson.dumps({"op": "end", "stream": stream, "status": status})
 
 
-def error(stream: str | None, code: str, message: str) -> bytes:
-    return orjson.dumps({"op": "error", "stream": stream, "code": code, "message": message})
+def cancelling(stream: str, status: str) -> bytes:
+    """The answer to an accepted ``cancel``: ``status`` is the stream's status after it.
+
+    ``running``: the worker was told to stop and writes ``cancelled`` shortly
+    (unless it finishes first); ``cancelled``: it was queued and is now over, or
+    was cancelled before; ``done`` or ``error``: it had already finished.
+    """
+    return orjson.dumps({"op": "cancelling", "stream": stream, "status": status})
+
+
+def error(stream: str | None, code: str, message: str, *, reply_to: str | None) -> bytes:
+    """An ``error``; ``reply_to``: the op it answers, None if it answers no readable op."""
+    return orjson.dumps(
+        {"op": "error", "stream": stream, "code": code, "message": message, "reply_to": reply_to}
+    )
 
 
 def event_prefix(stream: str) -> bytes:

@@ -14,12 +14,17 @@
  *   for await (const { id, event } of sub) { ... }     // or iterate instead of callbacks
  *   await sub.cancel();  sf.close();
  *
+ * Every gateway "error" names the op it answers in reply_to ("subscribe",
+ * "cancel", ...; null when it answers nothing: a subscription that was confirmed
+ * has failed since), so a refused cancel never ends a subscription.
+ *
  * Wire format (docs/protocol.md): client -> gateway one JSON object per frame;
  * gateway -> client one or more JSON messages per frame, "\n" between them.
  *
  * Reconnects with exponential backoff and jitter, and resumes every live
- * subscription after the last entry id it saw; ids at or below that are
- * dropped, so a reply is never lost nor doubled across drops and restarts.
+ * subscription after the last entry id it saw (before its first event: after
+ * the "last_id" its "subscribed" gave); ids at or below that are dropped, so a
+ * reply is never lost nor doubled across drops and restarts.
  */
 (function (root) {
   "use strict";
@@ -70,15 +75,17 @@
     /**
      * code: a gateway error code (see ERROR_CODES), "closed" (the connection was
      * closed for good; closeCode says why), "refused" (the handshake was refused:
-     * status says how), or "bad_frame".
+     * status says how), or "bad_frame". replyTo: for a gateway error, the op it
+     * answers ("subscribe", "unsubscribe", "cancel"), or null.
      */
-    constructor(code, message, { stream = null, closeCode = null, status = null } = {}) {
+    constructor(code, message, { stream = null, closeCode = null, status = null, replyTo = null } = {}) {
       super(message || code);
       this.name = "StreamfanError";
       this.code = code;
       this.stream = stream;
       this.closeCode = closeCode;
       this.status = status;
+      this.replyTo = replyTo;
     }
   }
 
@@ -165,7 +172,11 @@
       this.streamId = streamId;
       /** Where it started: "0", "$" or an entry id. */
       this.from = options.from;
-      /** The last entry id received: the resume position. */
+      /**
+       * The resume position: the last entry id received; before the first event,
+       * the id the gateway's "subscribed" said the subscription starts after
+       * ("$" resolved), so a drop before any event loses nothing either.
+       */
       this.lastId = options.from === "0" || options.from === "$" ? null : normalizeId(options.from);
       /**
        * subscribing -> live -> ended (the stream finished: "end" came),
@@ -290,12 +301,17 @@
       return { op: "subscribe", stream: this.streamId, from: this.position };
     }
 
-    _onSubscribed(status) {
+    _onSubscribed(status, lastId) {
       if (!this.active) return;
       this._retries = 0;
       this.state = "live";
       if (typeof status === "string") this.status = status;
-      call(this._options.onSubscribed, { stream: this.streamId, status: this.status });
+      // Everything that follows comes after lastId: resume from it, not from "$"
+      // (which would skip what is written while the connection is down).
+      if (this.lastId === null && typeof lastId === "string" && ENTRY_ID.test(lastId)) {
+        this.lastId = normalizeId(lastId);
+      }
+      call(this._options.onSubscribed, { stream: this.streamId, status: this.status, lastId: this.lastId });
     }
 
     /** Returns false for a duplicate (an id at or below the last one seen). */
@@ -451,12 +467,16 @@
         if (this._isOpen()) this._send({ op: "unsubscribe", stream: streamId });
         sub._finish("unsubscribed", null);
       }
+      this._subscriptionOver(sub);
     }
 
     /**
      * Ask the gateway to cancel a stream's job (the token needs cancel: true).
-     * Resolves when a subscription to the stream has ended (then with its result),
-     * or once sent when there is none; rejects with the gateway's error.
+     * Settles on the gateway's answer: rejects with its error (err.replyTo is
+     * "cancel"); once accepted ("cancelling"), resolves with the result of this
+     * client's subscription to the stream when that is over, or, with none, with
+     * {stream, status}: the stream's status after the cancel ("running" while its
+     * worker stops; "cancelled", or "done"/"error" if it had finished already).
      */
     cancel(streamId) {
       if (this._closed) return Promise.reject(new Error("streamfan: the client is closed"));
@@ -464,11 +484,13 @@
       if (pending) return pending.promise;
       let entry;
       const promise = new Promise((resolve, reject) => {
-        entry = { resolve, reject, sent: false };
+        // accepted: the gateway's "cancelling"; over: the subscription's result,
+        // when it ended before that answer came.
+        entry = { resolve, reject, accepted: null, over: null };
       });
       entry.promise = promise;
       this._cancels.set(streamId, entry);
-      if (this._isOpen()) this._sendCancel(streamId, entry);
+      if (this._isOpen()) this._sendCancel(streamId);
       else this._ensureConnecting();
       return promise;
     }
@@ -580,7 +602,8 @@
       // A cancel sent on a connection that dropped may be lost: cancelling is
       // idempotent, so send every unanswered one again.
       for (const [streamId, entry] of this._cancels) {
-        this._sendCancel(streamId, entry);
+        if (entry.accepted) continue;
+        this._sendCancel(streamId);
         sent += 1;
       }
       if (sent === 0) this._send({ op: "ping" }); // the gateway wants a first message
@@ -610,15 +633,9 @@
       }
     }
 
-    _sendCancel(streamId, entry) {
-      if (!this._send({ op: "cancel", stream: streamId })) return;
-      entry.sent = true;
-      const sub = this._subs.get(streamId);
-      if (!sub || !sub.active) {
-        // Nothing here will tell when it took effect: the gateway only answers errors.
-        this._cancels.delete(streamId);
-        entry.resolve(null);
-      }
+    _sendCancel(streamId) {
+      // Answered by "cancelling" or by an error with reply_to "cancel".
+      this._send({ op: "cancel", stream: streamId });
     }
 
     _dispose(conn, code, reason) {
@@ -764,10 +781,13 @@
           touched.add(sub);
           return;
         case "subscribed":
-          if (sub) sub._onSubscribed(msg.status);
+          if (sub) sub._onSubscribed(msg.status, msg.last_id);
           return;
         case "end":
           if (sub) this._ended(sub, msg.status);
+          return;
+        case "cancelling":
+          this._onCancelling(msg, sub);
           return;
         case "error":
           this._onError(msg, sub);
@@ -780,7 +800,15 @@
     _ended(sub, status) {
       this._subs.delete(sub.streamId);
       sub._onEnd(status);
-      this._settleCancel(sub.streamId, (entry) => entry.resolve(sub.result()));
+      this._subscriptionOver(sub);
+    }
+
+    /** A subscription is over: a cancel of its stream resolves with its result once accepted. */
+    _subscriptionOver(sub) {
+      const entry = this._cancels.get(sub.streamId);
+      if (!entry) return;
+      if (entry.accepted) this._settleCancel(sub.streamId, (e) => e.resolve(sub.result()));
+      else entry.over = sub.result();
     }
 
     _settleCancel(streamId, settle) {
@@ -790,36 +818,48 @@
       settle(entry);
     }
 
+    /** The gateway accepted a cancel: settle it now, or when the subscription ends. */
+    _onCancelling(msg, sub) {
+      const stream = typeof msg.stream === "string" ? msg.stream : null;
+      const entry = stream === null ? undefined : this._cancels.get(stream);
+      if (!entry) return;
+      const accepted = { stream, status: typeof msg.status === "string" ? msg.status : null };
+      if (sub && sub.active) entry.accepted = accepted; // resolves when the subscription is over
+      else this._settleCancel(stream, (e) => e.resolve(e.over || accepted));
+    }
+
     _onError(msg, sub) {
       const stream = typeof msg.stream === "string" ? msg.stream : null;
-      const err = new StreamfanError(String(msg.code), msg.message, { stream });
+      const replyTo = typeof msg.reply_to === "string" ? msg.reply_to : null;
+      const err = new StreamfanError(String(msg.code), msg.message, { stream, replyTo });
       if (err.code === "too_slow") {
         this._reconnect(4000, "too_slow");
         return;
       }
-      if (stream === null) {
+      if (replyTo === "cancel") {
+        // The cancel was refused (forbidden, not_found, unavailable); any
+        // subscription to the stream carries on.
+        const cancel = stream === null ? undefined : this._cancels.get(stream);
+        if (cancel) this._settleCancel(stream, (entry) => entry.reject(err));
+        else call(this.options.onError, err);
+        return;
+      }
+      if (stream === null || (replyTo !== null && replyTo !== "subscribe")) {
+        // About no subscription: a frame the gateway could not read, say.
         call(this.options.onError, err);
         return;
       }
-      const cancel = this._cancels.get(stream);
+      // reply_to "subscribe": the subscribe was refused; null: the subscription
+      // failed after it was confirmed. Either way it is over, unless Redis was
+      // away for a moment ("unavailable"): then subscribe again (idempotent).
+      if (!sub) return;
       if (err.code === "unavailable") {
-        // Redis is away for a moment: the cancel or the subscription (the protocol
-        // does not say which) is retried; resubscribing is idempotent.
-        if (cancel && cancel.sent) this._settleCancel(stream, (entry) => entry.reject(err));
-        if (sub && sub.active) this._retry(sub);
+        if (sub.active) this._retry(sub);
         return;
       }
-      if (err.code !== "gone" && cancel && cancel.sent && (!sub || sub.state === "live")) {
-        // A live subscription only ever fails with "gone" or "unavailable": this
-        // one answers the cancel (forbidden, not_found).
-        this._settleCancel(stream, (entry) => entry.reject(err));
-        return;
-      }
-      if (sub) {
-        this._subs.delete(stream);
-        sub._fail(err);
-      }
-      this._settleCancel(stream, (entry) => entry.reject(err));
+      this._subs.delete(stream);
+      sub._fail(err);
+      this._subscriptionOver(sub);
     }
 
     _retry(sub) {

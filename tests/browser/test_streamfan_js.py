@@ -95,6 +95,10 @@ def ev(stream: str, entry_id: str, event: dict[str, Any]) -> dict[str, Any]:
     return {"op": "event", "stream": stream, "id": entry_id, "event": event}
 
 
+def error(stream: str | None, code: str, reply_to: str | None, message: str) -> dict[str, Any]:
+    return {"op": "error", "stream": stream, "code": code, "message": message, "reply_to": reply_to}
+
+
 class Driver:
     def __init__(self, page: Page) -> None:
         self.page = page
@@ -172,6 +176,31 @@ async def test_frames_of_json_lines_build_the_text_and_a_reset_starts_it_over(pa
     await d.run("sockets[0].drop(1006)")
     assert await d.js("client.state") == "idle"
     assert await d.js("sockets.length") == 1
+
+
+async def test_a_drop_before_the_first_event_resumes_from_the_last_id_subscribed_gave(
+    page: Page,
+) -> None:
+    d = Driver(page)
+    await d.run("window.sub = follow(window.client = makeClient(), 's1', {from: '$'})")
+    await d.run("sockets[0].open()")
+    assert await d.sent(0) == [{"op": "subscribe", "stream": "s1", "from": "$"}]
+    await d.receive(
+        0, {"op": "subscribed", "stream": "s1", "status": "running", "last_id": "1700000000000-5"}
+    )
+    assert await d.js("sub.lastId") == "1700000000000-5"
+    await d.run("sockets[0].drop(1006)")  # before any event
+    await d.sockets(2)
+    await d.run("sockets[1].open()")
+    # Not "$" again, which would skip what was written while it was away.
+    assert await d.sent(1) == [{"op": "subscribe", "stream": "s1", "from": "1700000000000-5"}]
+    await d.receive(
+        1,
+        {"op": "subscribed", "stream": "s1", "status": "running", "last_id": "1700000000000-5"},
+        ev("s1", "1700000000000-5", delta("X")),  # at the position: dropped
+        ev("s1", "1700000000000-6", delta("a")),
+    )
+    assert await d.js("[sub.text, log.events]") == ["a", ["1700000000000-6"]]
 
 
 async def test_after_a_drop_it_resumes_from_the_last_id_and_skips_what_it_had(page: Page) -> None:
@@ -284,24 +313,24 @@ async def test_gateway_errors_end_retry_or_reconnect_as_the_protocol_says(page: 
     assert [m["stream"] for m in await d.sent(0)] == ["a", "b", "c"]
     await d.receive(
         0,
-        {"op": "subscribed", "stream": "a", "status": "running"},
-        {"op": "subscribed", "stream": "b", "status": "running"},
+        {"op": "subscribed", "stream": "a", "status": "running", "last_id": "0-0"},
+        {"op": "subscribed", "stream": "b", "status": "running", "last_id": "0-0"},
         ev("a", "5-0", delta("x")),
         ev("b", "7-0", delta("y")),
-        {"op": "error", "stream": "c", "code": "not_found", "message": "stream 'c' not found"},
-        {"op": "error", "stream": "b", "code": "gone", "message": "history is gone"},
+        error("c", "not_found", "subscribe", "stream 'c' not found"),
+        error("b", "gone", None, "history is gone"),
     )
     assert await d.js("log.errors.map(e => e.code)") == ["not_found", "gone"]
     assert await d.js("[a.state, b.state, c.state]") == ["live", "failed", "failed"]
     # unavailable: resubscribed from the last id (unsubscribe first: idempotent).
-    await d.receive(0, {"op": "error", "stream": "a", "code": "unavailable", "message": "later"})
+    await d.receive(0, error("a", "unavailable", None, "later"))
     await page.wait_for_function("sockets[0].sent.length === 5")
     assert (await d.sent(0))[3:] == [
         {"op": "unsubscribe", "stream": "a"},
         {"op": "subscribe", "stream": "a", "from": "5-0"},
     ]
     # too_slow: this connection is dropped and a new one resumes.
-    await d.receive(0, {"op": "error", "stream": None, "code": "too_slow", "message": "slow"})
+    await d.receive(0, error(None, "too_slow", None, "slow"))
     await d.sockets(2)
     assert await d.js("sockets[0].closedWith.code") == 4000
     await d.run("sockets[1].open()")
@@ -327,13 +356,16 @@ async def test_cancel_is_sent_and_its_refusal_does_not_end_the_subscription(page
     ]
     await d.receive(
         0,
-        {"op": "subscribed", "stream": "s1", "status": "running"},
-        {"op": "error", "stream": "s1", "code": "forbidden", "message": "no cancel"},
+        {"op": "subscribed", "stream": "s1", "status": "running", "last_id": "0-0"},
+        error("s1", "forbidden", "cancel", "no cancel"),
     )
     assert await d.js("cancelled") == "forbidden"
     assert await d.js("sub.state") == "live"
-    # A cancel that works: the stream ends with "cancelled", the promise resolves.
+    # A cancel that works: accepted, then the stream ends with "cancelled" and the
+    # promise resolves with the subscription's result.
     await d.run("window.cancelled = client.cancel('s1').then((r) => r.status, (e) => e.code)")
+    await d.receive(0, {"op": "cancelling", "stream": "s1", "status": "running"})
+    assert await d.js("client._cancels.size") == 1  # accepted: waits for the end
     await d.receive(
         0,
         ev("s1", "1-0", {"type": "cancelled", "reason": "by a subscriber"}),
@@ -341,6 +373,67 @@ async def test_cancel_is_sent_and_its_refusal_does_not_end_the_subscription(page
     )
     assert await d.js("cancelled") == "cancelled"
     assert await d.js("log.ends.map(e => e.status)") == ["cancelled"]
+
+
+async def test_errors_are_routed_by_the_op_they_answer_not_guessed_from_the_state(
+    page: Page,
+) -> None:
+    d = Driver(page)
+    await d.run("window.sub = follow(window.client = makeClient(), 's1')")
+    await d.run("window.cancelled = client.cancel('s1').then(() => 'ok', (e) => e.code)")
+    await d.run("sockets[0].open()")
+    # Refused before "subscribed" came: only the cancel fails (a guess from the
+    # subscription's state would have ended the subscription too).
+    await d.receive(0, error("s1", "forbidden", "cancel", "no cancel"))
+    assert await d.js("cancelled") == "forbidden"
+    assert await d.js("[sub.state, log.errors.length]") == ["subscribing", 0]
+    # "unavailable" for the cancel: the cancel fails, the subscription is not retried.
+    await d.run("window.again = client.cancel('s1').then(() => 'ok', (e) => e.replyTo)")
+    await d.receive(0, error("s1", "unavailable", "cancel", "later"))
+    assert await d.js("again") == "cancel"
+    assert [m["op"] for m in await d.sent(0)] == ["subscribe", "cancel", "cancel"]
+    # "unavailable" for the subscription: it is retried; a pending cancel is left alone.
+    await d.run("window.third = client.cancel('s1').then((r) => r.status, (e) => e.code)")
+    await d.receive(0, error("s1", "unavailable", "subscribe", "Redis is unavailable"))
+    await page.wait_for_function("sockets[0].sent.length === 6")
+    assert (await d.sent(0))[4:] == [
+        {"op": "unsubscribe", "stream": "s1"},
+        {"op": "subscribe", "stream": "s1", "from": "0"},
+    ]
+    assert await d.js("client._cancels.size") == 1
+    await d.receive(
+        0,
+        {"op": "subscribed", "stream": "s1", "status": "running", "last_id": "0-0"},
+        {"op": "cancelling", "stream": "s1", "status": "running"},
+        ev("s1", "1-0", {"type": "cancelled", "reason": "by a subscriber"}),
+        {"op": "end", "stream": "s1", "status": "cancelled"},
+    )
+    assert await d.js("third") == "cancelled"
+    # An error that answers an op about no subscription goes to the client's onError.
+    await d.receive(0, error(None, "bad_request", "unsubscribe", "missing field 'stream'"))
+    assert await d.js("log.clientErrors") == ["bad_request"]
+    assert await d.js("log.errors") == []
+
+
+async def test_a_cancel_without_a_subscription_settles_on_the_gateways_answer(page: Page) -> None:
+    d = Driver(page)
+    await d.run(
+        "window.client = makeClient();"
+        "window.ok = client.cancel('a').then((r) => r, (e) => e.code);"
+        "window.refused = client.cancel('b').then((r) => r, (e) => e.code);"
+    )
+    await d.run("sockets[0].open()")
+    assert await d.sent(0) == [{"op": "cancel", "stream": "a"}, {"op": "cancel", "stream": "b"}]
+    await d.receive(0, {"op": "cancelling", "stream": "a", "status": "running"})
+    assert await d.js("ok") == {"stream": "a", "status": "running"}
+    # Unanswered when the connection drops: sent again on the next one.
+    await d.run("sockets[0].drop(1006)")
+    await d.sockets(2)
+    await d.run("sockets[1].open()")
+    assert await d.sent(1) == [{"op": "cancel", "stream": "b"}]
+    await d.receive(1, error("b", "forbidden", "cancel", "token does not allow cancelling 'b'"))
+    assert await d.js("refused") == "forbidden"
+    assert await d.js("log.clientErrors") == []
 
 
 async def test_a_connection_that_stops_answering_pings_is_replaced(page: Page) -> None:

@@ -21,30 +21,47 @@ from streamfan.errors import ConfigError
 from streamfan.settings import Settings
 from streamfan.tokens import mint_token
 
+#: (case, frame, code, stream, reply_to): the op each error answers, None when
+#: no op could be read from the frame.
 BAD_FRAMES = [
-    ("not JSON", "hello", "bad_request", None),
-    ("not an object", "[1, 2]", "bad_request", None),
-    ("no op", '{"stream": "s1"}', "bad_request", None),
-    ("unknown op", '{"op": "publish", "stream": "s1"}', "bad_request", None),
-    ("op of the wrong type", '{"op": 7}', "bad_request", None),
-    ("missing stream", '{"op": "subscribe"}', "bad_request", None),
-    ("stream of the wrong type", '{"op": "subscribe", "stream": 12}', "bad_request", None),
-    ("invalid stream id", '{"op": "subscribe", "stream": "a b"}', "bad_request", None),
+    ("not JSON", "hello", "bad_request", None, None),
+    ("not an object", "[1, 2]", "bad_request", None, None),
+    ("no op", '{"stream": "s1"}', "bad_request", None, None),
+    ("unknown op", '{"op": "publish", "stream": "s1"}', "bad_request", None, None),
+    ("op of the wrong type", '{"op": 7}', "bad_request", None, None),
+    ("missing stream", '{"op": "subscribe"}', "bad_request", None, "subscribe"),
+    (
+        "stream of the wrong type",
+        '{"op": "subscribe", "stream": 12}',
+        "bad_request",
+        None,
+        "subscribe",
+    ),
+    ("invalid stream id", '{"op": "subscribe", "stream": "a b"}', "bad_request", None, "subscribe"),
     (
         "from of the wrong type",
         '{"op": "subscribe", "stream": "s1", "from": 0}',
         "bad_request",
         "s1",
+        "subscribe",
     ),
-    ("invalid from", '{"op": "subscribe", "stream": "s1", "from": "x-1"}', "bad_request", "s1"),
+    (
+        "invalid from",
+        '{"op": "subscribe", "stream": "s1", "from": "x-1"}',
+        "bad_request",
+        "s1",
+        "subscribe",
+    ),
     (
         "stream the token does not allow",
         '{"op": "subscribe", "stream": "other"}',
         "forbidden",
         "other",
+        "subscribe",
     ),
-    ("cancel without the claim", '{"op": "cancel", "stream": "s1"}', "forbidden", "s1"),
-    ("binary garbage", b"\x00\xff", "bad_request", None),
+    ("unsubscribe without stream", '{"op": "unsubscribe"}', "bad_request", None, "unsubscribe"),
+    ("cancel without the claim", '{"op": "cancel", "stream": "s1"}', "forbidden", "s1", "cancel"),
+    ("binary garbage", b"\x00\xff", "bad_request", None, None),
 ]
 
 
@@ -52,15 +69,15 @@ async def test_every_bad_frame_gets_its_error_and_the_connection_stays_open(
     gateway: Gateway, gw_settings: Settings
 ) -> None:
     client = await WsClient.open(gateway.url + "/ws", tok=token(gw_settings, ("s1", "s2", "s3")))
-    for case, frame, code, stream in BAD_FRAMES:
+    for case, frame, code, stream, reply_to in BAD_FRAMES:
         await client.ws.send(frame)
         msg = await client.next()
         assert msg["op"] == "error", case
-        assert (msg["code"], msg["stream"]) == (code, stream), case
+        assert (msg["code"], msg["stream"], msg["reply_to"]) == (code, stream, reply_to), case
         assert msg["message"], case
     await client.send(op="ping")
     assert await client.next() == {"op": "pong"}
-    assert gateway.metrics.errors["bad_request"] == 11
+    assert gateway.metrics.errors["bad_request"] == 12
     await client.close()
 
 
@@ -73,11 +90,16 @@ async def test_subscription_limits_answer_with_specific_codes(
     await client.subscribe(streams[0])
     await client.subscribe(streams[0])
     msg = await client.until(lambda m: m["op"] == "error")
-    assert (msg["code"], msg["stream"]) == ("bad_request", streams[0])  # already subscribed
+    # already subscribed
+    assert (msg["code"], msg["stream"], msg["reply_to"]) == ("bad_request", streams[0], "subscribe")
     await client.subscribe(streams[1])
     await client.subscribe(streams[2])
     msg = await client.until(lambda m: m["op"] == "error")
-    assert (msg["code"], msg["stream"]) == ("too_many_subscriptions", streams[2])
+    assert (msg["code"], msg["stream"], msg["reply_to"]) == (
+        "too_many_subscriptions",
+        streams[2],
+        "subscribe",
+    )
     await client.send(op="unsubscribe", stream=streams[1])
     await client.subscribe(streams[2])
     msg = await client.until(lambda m: m["op"] == "subscribed" and m["stream"] == streams[2])
@@ -260,13 +282,60 @@ async def test_a_token_with_the_cancel_claim_cancels_and_subscribers_see_the_end
         gateway.url + "/ws", tok=token(gw_settings, (player.stream_id,), cancel=True)
     )
     await canceller.send(op="cancel", stream="unknown-stream")
-    assert (await canceller.next())["code"] == "forbidden"  # not in its token
+    refused = await canceller.next()
+    assert (refused["code"], refused["reply_to"]) == ("forbidden", "cancel")  # not in its token
     await canceller.send(op="cancel", stream=player.stream_id)
+    # Accepted: the stream was queued, so it is over already.
+    assert await canceller.next() == {
+        "op": "cancelling",
+        "stream": player.stream_id,
+        "status": "cancelled",
+    }
     end = await reader.finished(player.stream_id)
     assert end == {"op": "end", "stream": player.stream_id, "status": "cancelled"}
     assert reader.events(player.stream_id)[-1]["type"] == "cancelled"
     await canceller.close()
     await reader.close()
+
+
+async def test_a_cancel_is_answered_with_the_status_it_leaves_the_stream_in(
+    gateway: Gateway, aredis: aioredis.Redis, gw_settings: Settings
+) -> None:
+    running = await (await Player(aredis, gw_settings).create()).begin()
+    finished = await (await Player(aredis, gw_settings).create()).begin()
+    await finished.play(2)
+    client = await WsClient.open(gateway.url + "/ws", tok=token(gw_settings, cancel=True))
+    for player, status in ((running, "running"), (finished, "done")):
+        await client.send(op="cancel", stream=player.stream_id)
+        assert await client.next() == {
+            "op": "cancelling",
+            "stream": player.stream_id,
+            "status": status,
+        }
+    # The running job is flagged: its worker sees the flag and writes "cancelled".
+    assert await aredis.hget(gw_settings.keys.meta(running.stream_id), "cancel")
+    await client.close()
+
+
+async def test_a_refused_cancel_says_so_and_leaves_the_subscription_alone(
+    gateway: Gateway, aredis: aioredis.Redis, gw_settings: Settings
+) -> None:
+    player = await (await Player(aredis, gw_settings).create()).begin()
+    client = await WsClient.open(gateway.url + "/ws", tok=token(gw_settings))  # no cancel claim
+    await client.subscribe(player.stream_id)
+    await client.send(op="cancel", stream=player.stream_id)
+    refused = await client.until(lambda m: m["op"] == "error")
+    assert refused == {
+        "op": "error",
+        "stream": player.stream_id,
+        "code": "forbidden",
+        "message": f"token does not allow cancelling {player.stream_id!r}",
+        "reply_to": "cancel",
+    }
+    await player.play(3)
+    await client.until(lambda m: m["op"] == "end")  # the subscription carried on to the end
+    assert client.ids(player.stream_id) == await player.ids()
+    await client.close()
 
 
 async def test_cancelling_a_stream_that_does_not_exist_is_not_found(
@@ -275,7 +344,12 @@ async def test_cancelling_a_stream_that_does_not_exist_is_not_found(
     client = await WsClient.open(gateway.url + "/ws", tok=token(gw_settings, cancel=True))
     await client.send(op="cancel", stream="no-such-stream")
     msg = await client.next()
-    assert (msg["op"], msg["code"], msg["stream"]) == ("error", "not_found", "no-such-stream")
+    assert (msg["op"], msg["code"], msg["stream"], msg["reply_to"]) == (
+        "error",
+        "not_found",
+        "no-such-stream",
+        "cancel",
+    )
     await client.close()
 
 

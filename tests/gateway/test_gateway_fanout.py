@@ -31,6 +31,7 @@ async def test_live_events_reach_every_client_in_order_as_the_very_same_frames(
             "op": "subscribed",
             "stream": player.stream_id,
             "status": "queued",
+            "last_id": "0-0",
         }
     await player.begin()
     await player.play(200, batch=4)
@@ -109,6 +110,83 @@ async def test_dollar_on_a_running_stream_gets_exactly_what_comes_next(
     await client.finished(player.stream_id)
     assert client.ids(player.stream_id) == (await player.ids())[len(before) :]
     await client.close()
+
+
+async def test_subscribed_says_after_which_id_the_events_start(
+    gateway: Gateway, aredis: aioredis.Redis, gw_settings: Settings
+) -> None:
+    player = await (await Player(aredis, gw_settings).create()).begin()
+    await player.play(5, finish=False)
+    ids = await player.ids()
+    ms_only = ids[2].partition("-")[0]
+    tok = token(gw_settings)
+    for from_, last_id in (
+        ("0", "0-0"),
+        ("$", ids[-1]),
+        (ids[3], ids[3]),
+        (ms_only, ms_only + "-0"),
+    ):
+        client = await _follow(gateway.url, tok, player.stream_id, from_)
+        assert await client.next() == {
+            "op": "subscribed",
+            "stream": player.stream_id,
+            "status": "running",
+            "last_id": last_id,
+        }, from_
+        await client.close()
+    # An empty stream: "$" is everything, "0-0".
+    empty = await Player(aredis, gw_settings).create()
+    client = await _follow(gateway.url, tok, empty.stream_id, "$")
+    assert (await client.next())["last_id"] == "0-0"
+    await client.close()
+
+
+async def test_a_client_that_drops_before_its_first_event_resumes_from_last_id_and_misses_nothing(
+    gateway: Gateway, aredis: aioredis.Redis, gw_settings: Settings
+) -> None:
+    player = await (await Player(aredis, gw_settings).create()).begin()
+    await player.play(5, finish=False)
+    before = await player.ids()
+    tok = token(gw_settings)
+    first = await _follow(gateway.url, tok, player.stream_id, "$")
+    subscribed = await first.next()
+    assert subscribed["last_id"] == before[-1]
+    await first.close()  # dropped before any event came
+    await player.play(10, finish=False)  # written while it was away
+    # Resuming with "$" again would skip those ten; from last_id it gets them all.
+    resumed = await _follow(gateway.url, tok, player.stream_id, subscribed["last_id"])
+    assert (await resumed.next())["last_id"] == before[-1]
+    await player.play(3)  # then live, to the end
+    assert (await resumed.finished(player.stream_id))["op"] == "end"
+    assert resumed.ids(player.stream_id) == (await player.ids())[len(before) :]
+    assert len(resumed.ids(player.stream_id)) == 10 + 3 + 1
+    await resumed.close()
+
+
+async def test_from_dollar_the_events_start_right_after_last_id_while_writes_race_the_subscribe(
+    gateway: Gateway, aredis: aioredis.Redis, gw_settings: Settings
+) -> None:
+    player = await (await Player(aredis, gw_settings).create()).begin()
+    tok = token(gw_settings)
+    # One client keeps the stream fanned out, so joiners meet a moving shared position.
+    keeper = await _follow(gateway.url, tok, player.stream_id)
+    await keeper.until(lambda m: m["op"] == "event")
+    playing = asyncio.create_task(player.play(300, batch=2, pace_s=0.001))
+    joiners = []
+    for i in range(1, 11):
+        await player.reached(25 * i)
+        joiners.append(await _follow(gateway.url, tok, player.stream_id, "$"))
+    await playing
+    ids = await player.ids()
+    for c in [keeper, *joiners]:
+        assert (await c.finished(player.stream_id))["op"] == "end"
+    assert keeper.ids(player.stream_id) == ids
+    for c in joiners:
+        last_id = c.messages[0]["last_id"]
+        # No gap and no duplicate: exactly what Redis holds after the reported id.
+        assert c.ids(player.stream_id) == ids[ids.index(last_id) + 1 :]
+    for c in [keeper, *joiners]:
+        await c.close()
 
 
 async def test_a_late_joiner_gets_history_then_live_without_a_gap_or_disturbing_others(

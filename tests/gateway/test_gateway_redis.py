@@ -131,6 +131,9 @@ async def test_a_trimmed_position_is_gone_and_a_kept_one_is_not(
         client = await _follow(gateway, gw_settings, player.stream_id, position)
         msg = await client.finished(player.stream_id)
         assert (msg["op"], msg["code"]) == ("error", "gone"), position
+        # The subscribe was answered ("subscribed"); this error answers nothing.
+        assert client.messages[0]["op"] == "subscribed"
+        assert msg["reply_to"] is None
         assert client.ids(player.stream_id) == []
         await client.close()
     for position, expected in ((kept[0], kept[1:]), (kept[3], kept[4:]), ("$", [])):
@@ -150,7 +153,7 @@ async def test_an_unknown_stream_is_not_found_and_an_expired_one_is_gone(
     for position, code in (("0", "not_found"), ("$", "not_found"), ("1700000000000-0", "gone")):
         await client.subscribe("never-was", position)
         msg = await client.until(lambda m: m["op"] == "error")
-        assert (msg["stream"], msg["code"]) == ("never-was", code), position
+        assert (msg["stream"], msg["code"], msg["reply_to"]) == ("never-was", code, "subscribe")
     # A stream whose keys expired while a client was away: its id is gone.
     player = await (await Player(aredis, gw_settings).create()).begin()
     await player.play(5)

@@ -43,47 +43,60 @@ def test_a_valid_frame_parses_to_its_operation(frame: str | bytes, expected: obj
 
 
 BAD = [
-    ("not json", "nonsense", None),
-    ("truncated json", '{"op":"ping"', None),
-    ("empty frame", "", None),
-    ("invalid utf-8", b'{"op":"\xff"}', None),
-    ("a list", '["subscribe"]', None),
-    ("a string", '"ping"', None),
-    ("a number", "42", None),
-    ("null", "null", None),
-    ("no op", '{"stream":"abc"}', None),
-    ("op not a string", '{"op":1}', None),
-    ("op null", '{"op":null}', None),
-    ("unknown op", '{"op":"publish","stream":"abc"}', None),
-    ("op in the wrong case", '{"op":"Subscribe","stream":"abc"}', None),
-    ("subscribe without stream", '{"op":"subscribe"}', None),
-    ("unsubscribe without stream", '{"op":"unsubscribe"}', None),
-    ("cancel without stream", '{"op":"cancel"}', None),
-    ("stream not a string", '{"op":"subscribe","stream":5}', None),
-    ("stream a list", '{"op":"subscribe","stream":["a"]}', None),
-    ("stream empty", '{"op":"subscribe","stream":""}', None),
-    ("stream with a slash", '{"op":"subscribe","stream":"a/b"}', None),
-    ("stream with a brace", '{"op":"subscribe","stream":"a}b"}', None),
-    ("stream too long", '{"op":"subscribe","stream":"' + "a" * 129 + '"}', None),
-    ("from a number", '{"op":"subscribe","stream":"abc","from":0}', "abc"),
-    ("from null", '{"op":"subscribe","stream":"abc","from":null}', "abc"),
-    ("from garbage", '{"op":"subscribe","stream":"abc","from":"latest"}', "abc"),
-    ("from negative", '{"op":"subscribe","stream":"abc","from":"-1"}', "abc"),
-    ("from with a bad seq", '{"op":"subscribe","stream":"abc","from":"17-x"}', "abc"),
-    ("from over 64 bits", '{"op":"subscribe","stream":"abc","from":"18446744073709551616"}', "abc"),
-    ("from exclusive syntax", '{"op":"subscribe","stream":"abc","from":"(17-0"}', "abc"),
-    ("from unicode digits", '{"op":"subscribe","stream":"abc","from":"١٢"}', "abc"),
+    ("not json", "nonsense", None, None),
+    ("truncated json", '{"op":"ping"', None, None),
+    ("empty frame", "", None, None),
+    ("invalid utf-8", b'{"op":"\xff"}', None, None),
+    ("a list", '["subscribe"]', None, None),
+    ("a string", '"ping"', None, None),
+    ("a number", "42", None, None),
+    ("null", "null", None, None),
+    ("no op", '{"stream":"abc"}', None, None),
+    ("op not a string", '{"op":1}', None, None),
+    ("op null", '{"op":null}', None, None),
+    ("unknown op", '{"op":"publish","stream":"abc"}', None, None),
+    ("op in the wrong case", '{"op":"Subscribe","stream":"abc"}', None, None),
+    ("subscribe without stream", '{"op":"subscribe"}', None, "subscribe"),
+    ("unsubscribe without stream", '{"op":"unsubscribe"}', None, "unsubscribe"),
+    ("cancel without stream", '{"op":"cancel"}', None, "cancel"),
+    ("stream not a string", '{"op":"subscribe","stream":5}', None, "subscribe"),
+    ("stream a list", '{"op":"subscribe","stream":["a"]}', None, "subscribe"),
+    ("stream empty", '{"op":"subscribe","stream":""}', None, "subscribe"),
+    ("stream with a slash", '{"op":"subscribe","stream":"a/b"}', None, "subscribe"),
+    ("stream with a brace", '{"op":"subscribe","stream":"a}b"}', None, "subscribe"),
+    ("stream too long", '{"op":"subscribe","stream":"' + "a" * 129 + '"}', None, "subscribe"),
+    ("from a number", '{"op":"subscribe","stream":"abc","from":0}', "abc", "subscribe"),
+    ("from null", '{"op":"subscribe","stream":"abc","from":null}', "abc", "subscribe"),
+    ("from garbage", '{"op":"subscribe","stream":"abc","from":"latest"}', "abc", "subscribe"),
+    ("from negative", '{"op":"subscribe","stream":"abc","from":"-1"}', "abc", "subscribe"),
+    ("from with a bad seq", '{"op":"subscribe","stream":"abc","from":"17-x"}', "abc", "subscribe"),
+    (
+        "from over 64 bits",
+        '{"op":"subscribe","stream":"abc","from":"18446744073709551616"}',
+        "abc",
+        "subscribe",
+    ),
+    (
+        "from exclusive syntax",
+        '{"op":"subscribe","stream":"abc","from":"(17-0"}',
+        "abc",
+        "subscribe",
+    ),
+    ("from unicode digits", '{"op":"subscribe","stream":"abc","from":"١٢"}', "abc", "subscribe"),
 ]
 
 
-@pytest.mark.parametrize(("case", "frame", "stream"), BAD, ids=[c for c, _, _ in BAD])
-def test_a_bad_frame_is_a_bad_request_never_an_exception(
-    case: str, frame: str | bytes, stream: str | None
+@pytest.mark.parametrize(
+    ("case", "frame", "stream", "reply_to"), BAD, ids=[c for c, _, _, _ in BAD]
+)
+def test_a_bad_frame_is_a_bad_request_that_names_the_op_it_answers_if_it_has_one(
+    case: str, frame: str | bytes, stream: str | None, reply_to: str | None
 ) -> None:
     result = parse_frame(frame)
     assert isinstance(result, Invalid), case
     assert result.code == protocol.BAD_REQUEST
     assert result.stream == stream
+    assert result.reply_to == reply_to
     assert result.message
 
 
@@ -132,10 +145,11 @@ def test_a_stored_event_with_a_raw_newline_is_re_encoded_to_keep_the_framing() -
 
 def test_a_frame_of_several_messages_splits_back_into_them() -> None:
     lines = [
-        protocol.subscribed("s", "running"),
+        protocol.subscribed("s", "running", "0-0"),
         protocol.event_line(protocol.event_prefix("s"), b"1-0", b'{"type":"done","usage":null}'),
         protocol.end("s", "done"),
-        protocol.error(None, protocol.BAD_REQUEST, "x"),
+        protocol.error(None, protocol.BAD_REQUEST, "x", reply_to=None),
+        protocol.cancelling("s", "running"),
         protocol.PONG,
     ]
     frame = protocol.join_lines(lines)
@@ -144,6 +158,7 @@ def test_a_frame_of_several_messages_splits_back_into_them() -> None:
         "event",
         "end",
         "error",
+        "cancelling",
         "pong",
     ]
     assert protocol.split_frame(frame.decode())[3] == {
@@ -151,7 +166,35 @@ def test_a_frame_of_several_messages_splits_back_into_them() -> None:
         "stream": None,
         "code": "bad_request",
         "message": "x",
+        "reply_to": None,
     }
+
+
+def test_the_answers_carry_the_position_the_status_and_the_op_they_answer() -> None:
+    assert orjson.loads(protocol.subscribed("s", "running", "17-3")) == {
+        "op": "subscribed",
+        "stream": "s",
+        "status": "running",
+        "last_id": "17-3",
+    }
+    assert orjson.loads(protocol.cancelling("s", "cancelled")) == {
+        "op": "cancelling",
+        "stream": "s",
+        "status": "cancelled",
+    }
+    refused = protocol.error("s", protocol.FORBIDDEN, "no", reply_to=protocol.CANCEL)
+    assert orjson.loads(refused)["reply_to"] == "cancel"
+    # The op name every client operation answers to is the one parse_frame reads.
+    for frame, op in [
+        ('{"op":"subscribe","stream":"s"}', protocol.SUBSCRIBE),
+        ('{"op":"unsubscribe","stream":"s"}', protocol.UNSUBSCRIBE),
+        ('{"op":"cancel","stream":"s"}', protocol.CANCEL),
+        ('{"op":"ping"}', protocol.PING),
+    ]:
+        parsed = parse_frame(frame)
+        assert not isinstance(parsed, Invalid)
+        assert parsed.op == op == orjson.loads(frame)["op"]
+    assert protocol.OPS == ("subscribe", "unsubscribe", "cancel", "ping")
 
 
 @pytest.mark.parametrize(

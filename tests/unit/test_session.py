@@ -68,6 +68,7 @@ def test_authorize_answers_each_operation_with_the_right_code(
     assert (refusal.code if refusal else None) == code
     if refusal is not None and isinstance(op, (Subscribe, Cancel)):
         assert refusal.stream == op.stream
+        assert refusal.reply_to == op.op  # "subscribe" or "cancel": which request failed
 
 
 def test_a_finished_subscription_frees_its_slot() -> None:
