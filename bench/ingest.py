@@ -3,8 +3,8 @@
 A real ``streamfan worker`` reads the mock upstream at ``--rate`` tokens/s per
 stream (one token per chunk). Over a steady window it reports the worker's CPU
 per upstream chunk (/proc), Redis round trips per network read (the worker's
-``streamfan_worker_writes_total`` / ``..._upstream_reads_total``, and EVALSHA
-calls from ``INFO commandstats``), and whether it keeps up: delivered chunks
+``streamfan_worker_append_round_trips_total`` / ``..._upstream_reads_total``,
+and EVALSHA calls from ``INFO commandstats``), and whether it keeps up: delivered chunks
 against offered, and the lag of each chunk's entry id timestamp behind the
 schedule of its stream (it grows when the worker falls behind).
 
@@ -26,7 +26,7 @@ from bench import report
 from bench.events import stamped_delta
 from bench.fanout import _settings
 from bench.machine import CpuMeter, commands_between, commandstats, machine_info
-from bench.procs import Children, redis_for, scrape
+from bench.procs import Children, profiling, redis_for, scrape
 from bench.report import progress
 from bench.sse_decoder import openai_body
 from bench.ttft import body
@@ -45,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=20.0, help="tokens/s per stream")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
     p.add_argument("--window", type=float, default=6.0, help="measured seconds")
+    p.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="also record the worker with py-spy during each window (DIR/ingest-N.folded)",
+    )
 
 
 async def snapshot(port: int, url: str) -> dict[str, Any]:
@@ -52,14 +57,22 @@ async def snapshot(port: int, url: str) -> dict[str, Any]:
     return {
         "events": m.get(M + "events_written_total", 0.0),
         "writes": m.get(M + "writes_total", 0.0),
+        "trips": m.get(M + "append_round_trips_total", 0.0),
         "reads": m.get(M + "upstream_reads_total", 0.0),
         "running": m.get(M + "streams_running", 0.0),
         "cmds": commandstats(url),
     }
 
 
-async def lag_ms(r: aioredis.Redis, sids: list[str], rate: float) -> list[float]:
-    """Per chunk: how far its entry id's ms lies behind its stream's schedule."""
+async def lag_ms(
+    r: aioredis.Redis, sids: list[str], rate: float, window_ms: tuple[float, float]
+) -> list[float]:
+    """Per chunk written in the window: how far it lies behind its stream's schedule.
+
+    The schedule is the stream's best-kept moment (the least lag over all its
+    chunks, the ramp-up included); only chunks written inside the measured window
+    are reported, so a slow start does not count against the steady state.
+    """
     keys, out = Keys(), []
     for sid in sids:
         entries = await r.xrange(keys.events(sid))
@@ -67,13 +80,20 @@ async def lag_ms(r: aioredis.Redis, sids: list[str], rate: float) -> list[float]
             int(eid.split(b"-")[0]) for eid, f in entries if f[b"e"].startswith(b'{"type":"delta"')
         ]
         behind = [t - k * 1000.0 / rate for k, t in enumerate(ts)]
-        # Relative to the stream's best-kept moment (the role chunk comes with token 1).
-        out += [b - min(behind) for b in behind]
+        best = min(behind, default=0.0)
+        out += [
+            b - best for b, t in zip(behind, ts, strict=True) if window_ms[0] <= t <= window_ms[1]
+        ]
     return out
 
 
 async def one(
-    args: argparse.Namespace, sf: Client, n: int, port: int, wpid: int, mpid: int, url: str
+    args: argparse.Namespace,
+    sf: Client,
+    n: int,
+    port: int,
+    pids: dict[str, int | None],
+    url: str,
 ) -> dict[str, Any]:
     tokens = int(args.rate * (args.warmup + args.window + 30))
     sids = [(await sf.submit(body(tokens, 0, args.rate))).stream_id for _ in range(n)]
@@ -83,17 +103,22 @@ async def one(
         await asyncio.sleep(0.2)
     await asyncio.sleep(args.warmup)
     s0 = await snapshot(port, url)
-    wcpu, mcpu = CpuMeter(wpid).start(), CpuMeter(mpid).start()
-    await asyncio.sleep(args.window)
+    meters = {name: CpuMeter(pid).start() for name, pid in pids.items() if pid}
+    t0 = time.time() * 1000
+    async with profiling(args.profile, pids["worker"], f"ingest-{n}", args.window):
+        await asyncio.sleep(args.window)
+    t1 = time.time() * 1000
     s1 = await snapshot(port, url)
-    wcpu.stop()
-    mcpu.stop()
-    lags = await lag_ms(sf.redis, sids[:LAG_STREAMS], args.rate)
+    for meter in meters.values():
+        meter.stop()
+    wcpu = meters["worker"]
+    lags = await lag_ms(sf.redis, sids[:LAG_STREAMS], args.rate, (t0, t1))
     await asyncio.gather(*(sf.cancel(sid) for sid in sids))
     while (await snapshot(port, url))["running"] > 0 and time.monotonic() < deadline + 60:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     chunks = s1["events"] - s0["events"]
     writes, reads = s1["writes"] - s0["writes"], s1["reads"] - s0["reads"]
+    trips = s1["trips"] - s0["trips"]
     cmds = commands_between(s0["cmds"], s1["cmds"])
     offered = n * args.rate * wcpu.wall_s
     return {
@@ -106,10 +131,13 @@ async def one(
         "delivered_fraction": chunks / offered if offered else 0.0,
         "worker_cpu_cores": wcpu.cores,
         "worker_cpu_us_per_chunk": wcpu.cpu_s * 1e6 / max(chunks, 1),
-        "mock_cpu_cores": mcpu.cores,
+        "mock_cpu_cores": meters["mock"].cores,
+        "redis_cpu_cores": meters["redis"].cores if "redis" in meters else None,
         "writes": writes,
         "reads": reads,
-        "round_trips_per_read": writes / max(reads, 1),
+        "round_trips": trips,
+        "streams_per_round_trip": writes / max(trips, 1),
+        "round_trips_per_read": trips / max(reads, 1),
         "evalsha_per_read": cmds.get("evalsha", 0) / max(reads, 1),
         "redis_commands": cmds,
         "lag_ms": report.summary(lags),
@@ -145,7 +173,7 @@ async def xadd_baseline(url: str, n: int = 3000) -> dict[str, float]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sweep = [int(s) for s in args.streams.split(",") if s]
     rows = []
-    with redis_for(args.redis_url) as (redis_url, _pid):
+    with redis_for(args.redis_url) as (redis_url, redis_pid):
         baselines = {"sse_decoder": sse_baseline(), "xadd_loop": await xadd_baseline(redis_url)}
         async with Children() as children:
             mock, upstream = await children.mock_upstream()
@@ -156,7 +184,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with Client(Settings.from_env({}, redis_url=redis_url)) as sf:
                 for n in sweep:
                     progress(f"ingest: {n} streams at {args.rate:g} tokens/s")
-                    rows.append(await one(args, sf, n, port, worker.pid, mock.pid, redis_url))
+                    pids = {"worker": worker.pid, "mock": mock.pid, "redis": redis_pid}
+                    rows.append(await one(args, sf, n, port, pids, redis_url))
     return {
         "scenario": "ingest",
         "command": " ".join(["python -m bench ingest", *args.argv]),
@@ -198,6 +227,7 @@ def render(data: dict[str, Any]) -> str:
         "lag p50 ms",
         "lag p99 ms",
         "mock CPU",
+        "Redis CPU",
     ]
     rows = [
         [
@@ -211,6 +241,7 @@ def render(data: dict[str, Any]) -> str:
             r["lag_ms"]["p50"],
             r["lag_ms"]["p99"],
             r["mock_cpu_cores"],
+            r["redis_cpu_cores"] if r["redis_cpu_cores"] is not None else "-",
         ]
         for r in data["rows"]
     ]

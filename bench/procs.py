@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,37 @@ async def scrape(port: int) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 out[name] = float(value)
     return out
+
+
+@contextlib.asynccontextmanager
+async def profiling(
+    out_dir: str | None, pid: int, name: str, seconds: float
+) -> AsyncIterator[None]:
+    """Record ``pid`` with py-spy for ``seconds`` (folded stacks in ``out_dir``), if asked."""
+    if not out_dir:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(PY).with_name("py-spy"))
+    out = Path(out_dir) / f"{name}.folded"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = await asyncio.create_subprocess_exec(
+        spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(max(int(seconds) - 1, 1)),
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--output",
+        str(out),
+        "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield
+    finally:
+        await proc.wait()

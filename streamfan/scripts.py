@@ -17,20 +17,27 @@ from typing import Final
 _COMMON: Final = r"""
 local meta, events, live, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
-local function append(maxlen, evs, first, last)
-  local prev = redis.call('HGET', meta, 'last_id') or '0-0'
+-- XADD evs[first..last] to stream `ev_key` after `prev` (its newest id), and
+-- PUBLISH one wake-up on `chan`. Returns the new ids; meta's last_id is the caller's.
+local function xadd_publish(ev_key, chan, prev, maxlen, evs, first, last)
   local out = {prev}
   local ids = {}
   for i = first, last do
-    local id = redis.call('XADD', events, 'MAXLEN', '~', maxlen, '*', 'e', evs[i])
+    local id = redis.call('XADD', ev_key, 'MAXLEN', '~', maxlen, '*', 'e', evs[i])
     ids[#ids + 1] = id
     out[#out + 1] = id
     out[#out + 1] = evs[i]
   end
   if #ids > 0 then
-    redis.call('HSET', meta, 'last_id', ids[#ids])
-    redis.call('PUBLISH', live, table.concat(out, '\n'))
+    redis.call('PUBLISH', chan, table.concat(out, '\n'))
   end
+  return ids
+end
+
+local function append(maxlen, evs, first, last)
+  local prev = redis.call('HGET', meta, 'last_id') or '0-0'
+  local ids = xadd_publish(events, live, prev, maxlen, evs, first, last)
+  if #ids > 0 then redis.call('HSET', meta, 'last_id', ids[#ids]) end
   return ids
 end
 
@@ -157,6 +164,49 @@ if ARGV[5] ~= '' then finish(ARGV[5], ARGV[4], ARGV[6]) end
 local out = {'ok', redis.call('HGET', meta, 'cancel') or '', have + #ids}
 for i = 1, #ids do out[#out + 1] = ids[i] end
 return out
+"""
+)
+
+#: Worker: the hot path of :data:`APPEND` for many streams in one round trip
+#: (``worker.batcher``): no meta fields, no terminal status.
+#: KEYS: meta_1, events_1, meta_2, events_2, ...
+#: ARGV: maxlen, now_ms, then per stream ``head``, ``blob``:
+#:       head = "<attempt> <seq or ''> <live channel>"; blob = the event JSONs
+#:       joined by "\n" (compact JSON never contains a raw newline).
+#: Returns one reply per stream, each shaped as :data:`APPEND`'s.
+APPEND_MANY: Final = (
+    _COMMON
+    + r"""
+local maxlen, now = ARGV[1], ARGV[2]
+local replies = {}
+for s = 1, #KEYS / 2 do
+  local m_key, e_key = KEYS[2 * s - 1], KEYS[2 * s]
+  local attempt, seq, chan = string.match(ARGV[1 + 2 * s], '^(%d+) (%d*) (.+)$')
+  local m = redis.call('HMGET', m_key, 'attempt', 'status', 'seq', 'last_id', 'cancel')
+  local have = tonumber(m[3] or '0')
+  local first = have
+  if seq ~= '' then first = tonumber(seq) end
+  if not m[1] then
+    replies[s] = {'gone'}
+  elseif tonumber(m[1]) ~= tonumber(attempt) then
+    replies[s] = {'stale', m[1]}
+  elseif is_finished(m[2]) then
+    replies[s] = {'finished', m[2]}
+  elseif first > have then
+    replies[s] = {'gap', have}
+  else
+    local evs = {}
+    for ev in string.gmatch(ARGV[2 + 2 * s], '[^\n]+') do evs[#evs + 1] = ev end
+    local ids = xadd_publish(e_key, chan, m[4] or '0-0', maxlen, evs, have - first + 1, #evs)
+    if #ids > 0 then
+      redis.call('HSET', m_key, 'seq', have + #ids, 'updated_at', now, 'last_id', ids[#ids])
+    end
+    local r = {'ok', m[5] or '', have + #ids}
+    for i = 1, #ids do r[#r + 1] = ids[i] end
+    replies[s] = r
+  end
+end
+return replies
 """
 )
 

@@ -20,6 +20,7 @@ from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
 from worker.control import ControlChannel
 from worker.job import STATE_KEY, WorkerState, chat_stream
+from worker.metrics import WorkerMetrics
 from worker.publisher import Publisher
 from worker.upstream import Upstream
 
@@ -41,13 +42,16 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         queue_redis = ctx["redis"]
         control = ControlChannel(events_redis, s.keys.cancel_channel, s.keys.jobs_channel)
         control.start()
+        metrics = WorkerMetrics()
+        round_trips = metrics.append_round_trips
         ctx[STATE_KEY] = WorkerState(
             settings=s,
             events_redis=events_redis,
             queue_redis=queue_redis,
-            publisher=Publisher(events_redis, s),
+            publisher=Publisher(events_redis, s, on_round_trip=lambda _n: round_trips.inc()),
             upstream=Upstream(s),
             control=control,
+            metrics=metrics,
         )
         state: WorkerState = ctx[STATE_KEY]
         if s.worker_metrics_port:
@@ -62,6 +66,7 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         if state is None:
             return
         await state.control.stop()
+        await state.publisher.aclose()
         await state.upstream.aclose()
         await state.events_redis.aclose()
 

@@ -31,7 +31,14 @@ class WorkerMetrics:
             PREFIX + "events_written", "Events appended to Redis", registry=r
         )
         self.writes = Counter(
-            PREFIX + "writes", "Append round trips to Redis (one per network read)", registry=r
+            PREFIX + "writes",
+            "Appends of one stream (one per network read with events)",
+            registry=r,
+        )
+        self.append_round_trips = Counter(
+            PREFIX + "append_round_trips",
+            "Round trips to Redis carrying appends (each carries every stream ready to write)",
+            registry=r,
         )
         self.upstream_reads = Counter(
             PREFIX + "upstream_reads", "Network reads from the upstream", registry=r

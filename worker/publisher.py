@@ -1,9 +1,11 @@
 """The worker's writes to Redis: claim an attempt, append events, keep the lease.
 
-One :class:`Publisher` per worker process (it holds the registered scripts);
-one :class:`AttemptWriter` per attempt of a stream. Every append is one
-``EVALSHA`` round trip that writes all the events it is given, updates meta,
-and publishes one wake-up. Appends are idempotent: each carries the attempt
+One :class:`Publisher` per worker process (it holds the registered scripts and
+the :class:`~worker.batcher.AppendBatcher`); one :class:`AttemptWriter` per
+attempt of a stream. Every append writes all the events it is given, updates
+meta and publishes one wake-up in one script call; the appends of all streams
+that are ready at the same moment share one round trip (``worker/batcher.py``),
+while a terminal write goes alone. Appends are idempotent: each carries the attempt
 number and the sequence number of its first event, so a call retried after a
 lost reply adds nothing twice, and a call from an attempt that has since been
 superseded (this worker lost its lease) is refused with :class:`LeaseLost`.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +29,7 @@ from streamfan.events import Event
 from streamfan.keys import Keys
 from streamfan.settings import Settings
 from streamfan.store import now_ms, redis_errors, stream_keys
+from worker.batcher import AppendBatcher
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +69,25 @@ def _s(value: Any) -> str:
 
 
 class Publisher:
-    def __init__(self, r: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self,
+        r: aioredis.Redis,
+        settings: Settings,
+        *,
+        on_round_trip: Callable[[int], None] | None = None,
+    ) -> None:
+        """``on_round_trip(n)`` is called for each batched append round trip of n streams."""
         self.r = r
         self.settings = settings
         self.keys: Keys = settings.keys
         self._begin = r.register_script(scripts.BEGIN)
         self._append = r.register_script(scripts.APPEND)
         self._renew = r.register_script(scripts.RENEW)
+        self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
+
+    async def aclose(self) -> None:
+        """Stop the batcher (the Redis client is the caller's to close)."""
+        await self.batcher.aclose()
 
     @property
     def lease_ms(self) -> int:
@@ -136,6 +152,10 @@ class AttemptWriter:
         self.publisher = publisher
         self.stream_id = stream_id
         self.attempt = attempt
+        self._keys = stream_keys(publisher.keys, stream_id)
+        self._meta_key = self._keys[0].encode()
+        self._events_key = self._keys[1].encode()
+        self._live = self._keys[2]
         self.seq = 0
         #: A cancel reason reported by the last write ('' if none).
         self.cancel_requested = ""
@@ -154,27 +174,12 @@ class AttemptWriter:
         """Append ``batch``; with ``final_status`` the stream ends and gets its TTL."""
         if not batch and not final_status:
             return []
-        pub = self.publisher
-        pairs: list[str] = []
-        for field, value in (meta or {}).items():
-            pairs += [field, value]
-        args: list[Any] = [
-            self.attempt,
-            # After an interrupted write the position is unknown: let the script
-            # append after whatever is there rather than skip what may be new.
-            "" if self._unsure else self.seq,
-            pub.settings.maxlen,
-            now_ms(),
-            final_status,
-            pub.retention_ms,
-            len(pairs) // 2,
-            *pairs,
-            *(events.encode_event(e) for e in batch),
-        ]
-        keys = stream_keys(pub.keys, self.stream_id)
+        # After an interrupted write the position is unknown: let the script
+        # append after whatever is there rather than skip what may be new.
+        seq: int | str = "" if self._unsure else self.seq
         for tries in range(1, WRITE_TRIES + 1):
             try:
-                res = await pub._append(keys, args)
+                res = await self._send(batch, seq, final_status, meta)
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 # The script may or may not have run: retrying with the same seq
@@ -202,6 +207,31 @@ class AttemptWriter:
         if outcome in ("stale", "gone"):
             raise LeaseLost(f"stream {self.stream_id}: attempt {self.attempt} superseded")
         raise PublishError(f"stream {self.stream_id}: write refused ({outcome})")
+
+    async def _send(
+        self, batch: list[Event], seq: int | str, final_status: str, meta: dict[str, str] | None
+    ) -> Any:
+        pub = self.publisher
+        if not final_status and not meta:
+            # The hot path: shares its round trip with every other stream's.
+            head = f"{self.attempt} {seq} {self._live}".encode()
+            blob = b"\n".join([events.encode_event(e) for e in batch])
+            return await pub.batcher.append(self._meta_key, self._events_key, head, blob)
+        pairs: list[str] = []
+        for field, value in (meta or {}).items():
+            pairs += [field, value]
+        args: list[Any] = [
+            self.attempt,
+            seq,
+            pub.settings.maxlen,
+            now_ms(),
+            final_status,
+            pub.retention_ms,
+            len(pairs) // 2,
+            *pairs,
+            *(events.encode_event(e) for e in batch),
+        ]
+        return await pub._append(self._keys, args)
 
     async def finish(self, terminal: Event) -> list[str]:
         """Write the terminal event and the meta fields that go with it."""

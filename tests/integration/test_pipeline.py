@@ -395,7 +395,12 @@ async def test_the_worker_counts_what_it_did_in_its_metrics(
     assert "streamfan_worker_streams_running 0.0" in text
     writes = float(re.search(r"^streamfan_worker_writes_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
     reads = float(re.search(r"^streamfan_worker_upstream_reads_total (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    assert 0 < writes <= reads  # at most one round trip per network read
+    trips = float(
+        re.search(r"^streamfan_worker_append_round_trips_total (\S+)$", text, re.M).group(1)  # type: ignore[union-attr]
+    )
+    assert 0 < writes <= reads  # at most one append per network read
+    # Batched appends: at most one round trip per read, plus each attempt's start.
+    assert 0 < trips <= reads + 2
 
 
 async def test_a_submit_wakes_an_idle_worker_without_waiting_for_its_poll(

@@ -1,0 +1,141 @@
+"""Appends from every stream of a worker process, one round trip per event-loop turn.
+
+At an LLM's pace a network read holds one chunk, so "one round trip per read"
+is one round trip per chunk, and a redis-py call costs far more client CPU than
+the work it asks for (about 150 µs per EVALSHA here, see docs/benchmarks.md).
+So the streams of a process do not call Redis themselves: each hands its append
+to the :class:`AppendBatcher` and waits for its own reply. A single flusher task
+sends everything handed in since its last send as one ``EVALSHA`` of
+:data:`~streamfan.scripts.APPEND_MANY` (still atomic per stream, and each stream's
+events still go out in one call), so the cost per round trip is shared by every
+stream that had something to write.
+
+Only one send is in flight at a time: what arrives meanwhile waits for the next
+one. At low load that is a send per append, as before; under load batches grow
+by themselves and the round trips per chunk fall.
+
+The script touches several streams' keys, so this needs every stream on one
+Redis (what streamfan supports today). On a Redis Cluster the batches would
+have to be split by hash slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from streamfan import scripts
+from streamfan.store import now_ms
+
+#: Streams per EVALSHA: a script blocks Redis while it runs, so a huge batch
+#: would stall everyone else's commands; more than this go in one pipeline.
+MAX_STREAMS_PER_CALL = 256
+
+
+@dataclass(slots=True)
+class _Append:
+    meta_key: bytes
+    events_key: bytes
+    head: bytes
+    blob: bytes
+    reply: asyncio.Future[list[Any]]
+
+
+class AppendBatcher:
+    def __init__(
+        self,
+        r: aioredis.Redis,
+        maxlen: int,
+        *,
+        on_round_trip: Callable[[int], None] | None = None,
+    ) -> None:
+        self._r = r
+        self._script = r.register_script(scripts.APPEND_MANY)
+        self._maxlen = maxlen
+        self._on_round_trip = on_round_trip
+        self._pending: list[_Append] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def append(
+        self, meta_key: bytes, events_key: bytes, head: bytes, blob: bytes
+    ) -> list[Any]:
+        """Queue one stream's append; return its script reply (see ``APPEND``).
+
+        ``head`` is ``b"<attempt> <seq or ''> <live channel>"``, ``blob`` the
+        events' JSON joined by ``\\n``. Raises what the round trip raised.
+        """
+        if self._closed:
+            raise RuntimeError("AppendBatcher is closed")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="streamfan-append-batcher")
+        reply: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(meta_key, events_key, head, blob, reply))
+        self._wake.set()
+        return await reply
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self._pending:
+            item.reply.cancel()
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # An append whose caller was cancelled before it was sent is dropped:
+            # the caller already treats it as "maybe written".
+            batch = [a for a in self._pending if not a.reply.done()]
+            self._pending = []
+            if not batch:
+                continue
+            try:
+                replies = await self._send(batch)
+            except asyncio.CancelledError:
+                for item in batch:
+                    item.reply.cancel()
+                raise
+            except Exception as exc:
+                for item in batch:
+                    if not item.reply.done():
+                        item.reply.set_exception(exc)
+                continue
+            for item, reply in zip(batch, replies, strict=True):
+                if not item.reply.done():
+                    item.reply.set_result(reply)
+
+    async def _send(self, batch: list[_Append]) -> list[list[Any]]:
+        calls = [
+            batch[i : i + MAX_STREAMS_PER_CALL] for i in range(0, len(batch), MAX_STREAMS_PER_CALL)
+        ]
+        now = now_ms()
+        if self._on_round_trip is not None:
+            self._on_round_trip(len(batch))
+        if len(calls) == 1:
+            return list(await self._script(*self._call_args(calls[0], now)))
+        pipe = self._r.pipeline(transaction=False)
+        for call in calls:
+            await self._script(*self._call_args(call, now), client=pipe)
+        out: list[list[Any]] = []
+        for replies in await pipe.execute():
+            out.extend(replies)
+        return out
+
+    def _call_args(self, call: list[_Append], now: int) -> tuple[list[bytes], list[Any]]:
+        keys: list[bytes] = []
+        args: list[Any] = [self._maxlen, now]
+        for item in call:
+            keys += (item.meta_key, item.events_key)
+            args += (item.head, item.blob)
+        return keys, args
