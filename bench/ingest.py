@@ -170,6 +170,26 @@ async def xadd_baseline(url: str, n: int = 3000) -> dict[str, float]:
     return {"calls": n, "cpu_us_per_xadd": cpu * 1e6 / n, "wall_us_per_xadd": wall * 1e6 / n}
 
 
+async def reader_baseline(
+    children: Children, upstream: str, n: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The same replies read and decoded, nothing written (``bench.upstream_reader``)."""
+    child = await children.helper(
+        f"upstream-reader-{n}",
+        "bench.upstream_reader",
+        {
+            "upstream": upstream,
+            "streams": n,
+            "rate": args.rate,
+            "tokens": int(args.rate * (args.warmup + args.window + 30)),
+            "warmup": args.warmup,
+            "window": args.window,
+            "decode": True,
+        },
+    )
+    return await child.recv(args.warmup + args.window + 120)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sweep = [int(s) for s in args.streams.split(",") if s]
     rows = []
@@ -179,13 +199,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             mock, upstream = await children.mock_upstream()
             port = free_port()
             worker = await children.worker(
-                redis_url, upstream, port, worker_max_jobs=max(sweep) + 10
+                redis_url,
+                upstream,
+                port,
+                worker_max_jobs=max(sweep) + 10,
             )
             async with Client(Settings.from_env({}, redis_url=redis_url)) as sf:
                 for n in sweep:
                     progress(f"ingest: {n} streams at {args.rate:g} tokens/s")
                     pids = {"worker": worker.pid, "mock": mock.pid, "redis": redis_pid}
                     rows.append(await one(args, sf, n, port, pids, redis_url))
+                    progress(f"ingest: the same {n} replies read and decoded alone (no Redis)")
+                    rows[-1]["upstream_alone"] = await reader_baseline(children, upstream, n, args)
     return {
         "scenario": "ingest",
         "command": " ".join(["python -m bench ingest", *args.argv]),
@@ -228,6 +253,7 @@ def render(data: dict[str, Any]) -> str:
         "lag p99 ms",
         "mock CPU",
         "Redis CPU",
+        "read+decode alone µs/chunk",
     ]
     rows = [
         [
@@ -242,6 +268,7 @@ def render(data: dict[str, Any]) -> str:
             r["lag_ms"]["p99"],
             r["mock_cpu_cores"],
             r["redis_cpu_cores"] if r["redis_cpu_cores"] is not None else "-",
+            r["upstream_alone"]["cpu_us_per_chunk"],
         ]
         for r in data["rows"]
     ]

@@ -46,6 +46,13 @@ class Keys:
 
     prefix: str = DEFAULT_PREFIX
 
+    def base(self, stream_id: str) -> str:
+        """What every key of the stream starts with; the rest is ``:meta`` etc.
+
+        ``scripts.APPEND_MANY`` builds the keys from it in Lua with these suffixes.
+        """
+        return f"{self.prefix}:{{{stream_id}}}"
+
     def events(self, stream_id: str) -> str:
         """Stream: one entry per event, field ``e``."""
         return f"{self.prefix}:{{{stream_id}}}:events"

@@ -37,13 +37,20 @@ from streamfan.store import now_ms
 MAX_STREAMS_PER_CALL = 256
 
 
+#: Separates the streams' records in one batch (a control character: JSON escapes
+#: it inside strings, so no event holds it raw; stream ids cannot hold it).
+RECORD_SEPARATOR = b"\x1e"
+
+
 @dataclass(slots=True)
 class _Append:
-    meta_key: bytes
-    events_key: bytes
-    head: bytes
-    blob: bytes
+    record: bytes
     reply: asyncio.Future[list[Any]]
+
+
+def record(key_base: str, attempt: int, seq: int | str, encoded_events: list[bytes]) -> bytes:
+    """One stream's part of a batch (format in :data:`~streamfan.scripts.APPEND_MANY`)."""
+    return b"\n".join([f"{key_base} {attempt} {seq}".encode(), *encoded_events])
 
 
 class AppendBatcher:
@@ -63,20 +70,17 @@ class AppendBatcher:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def append(
-        self, meta_key: bytes, events_key: bytes, head: bytes, blob: bytes
-    ) -> list[Any]:
-        """Queue one stream's append; return its script reply (see ``APPEND``).
+    async def append(self, record: bytes) -> list[Any]:
+        """Queue one stream's :func:`record`; return its script reply (see ``APPEND``).
 
-        ``head`` is ``b"<attempt> <seq or ''> <live channel>"``, ``blob`` the
-        events' JSON joined by ``\\n``. Raises what the round trip raised.
+        Raises what the round trip raised.
         """
         if self._closed:
             raise RuntimeError("AppendBatcher is closed")
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="streamfan-append-batcher")
         reply: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Append(meta_key, events_key, head, blob, reply))
+        self._pending.append(_Append(record, reply))
         self._wake.set()
         return await reply
 
@@ -133,9 +137,5 @@ class AppendBatcher:
         return out
 
     def _call_args(self, call: list[_Append], now: int) -> tuple[list[bytes], list[Any]]:
-        keys: list[bytes] = []
-        args: list[Any] = [self._maxlen, now]
-        for item in call:
-            keys += (item.meta_key, item.events_key)
-            args += (item.head, item.blob)
-        return keys, args
+        batch = RECORD_SEPARATOR.join([item.record for item in call])
+        return [], [self._maxlen, now, batch]

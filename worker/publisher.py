@@ -29,7 +29,7 @@ from streamfan.events import Event
 from streamfan.keys import Keys
 from streamfan.settings import Settings
 from streamfan.store import now_ms, redis_errors, stream_keys
-from worker.batcher import AppendBatcher
+from worker.batcher import AppendBatcher, record
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,7 @@ class AttemptWriter:
         self.stream_id = stream_id
         self.attempt = attempt
         self._keys = stream_keys(publisher.keys, stream_id)
-        self._meta_key = self._keys[0].encode()
-        self._events_key = self._keys[1].encode()
-        self._live = self._keys[2]
+        self._key_base = publisher.keys.base(stream_id)
         self.seq = 0
         #: A cancel reason reported by the last write ('' if none).
         self.cancel_requested = ""
@@ -214,9 +212,8 @@ class AttemptWriter:
         pub = self.publisher
         if not final_status and not meta:
             # The hot path: shares its round trip with every other stream's.
-            head = f"{self.attempt} {seq} {self._live}".encode()
-            blob = b"\n".join([events.encode_event(e) for e in batch])
-            return await pub.batcher.append(self._meta_key, self._events_key, head, blob)
+            encoded = [events.encode_event(e) for e in batch]
+            return await pub.batcher.append(record(self._key_base, self.attempt, seq, encoded))
         pairs: list[str] = []
         for field, value in (meta or {}).items():
             pairs += [field, value]

@@ -76,6 +76,10 @@ def test_ingest_measures_cpu_and_round_trips_per_read(tmp_path: Path, redis_url:
         assert r["chunks"] > 0 and r["reads"] > 0 and r["writes"] > 0
         assert r["worker_cpu_us_per_chunk"] > 0 and r["round_trips_per_read"] > 0
         assert r["lag_ms"]["count"] > 0
+        assert r["round_trips"] > 0 and r["streams_per_round_trip"] >= 1
+        alone = r["upstream_alone"]
+        assert alone["streams"] == r["streams"] and alone["chunks"] > 0
+        assert alone["cpu_us_per_chunk"] > 0
     assert data["baselines"]["sse_decoder"]["cpu_us_per_chunk"] > 0
     assert data["baselines"]["xadd_loop"]["wall_us_per_xadd"] > 0
     assert data["streams_per_core_estimate"] > 0
