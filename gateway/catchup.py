@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from gateway.history import ZERO, Entry, Id, format_id, id_of, terminal_status
 from streamfan import protocol
 from streamfan.errors import RedisUnavailable
+from streamfan.history import gone_without_meta
 from streamfan.protocol import CloseCode
 
 if TYPE_CHECKING:
@@ -59,14 +60,15 @@ async def _run(hub: Hub, sub: Subscription, position: str) -> None:
     if not sub.active:
         return
     if meta is None:
-        if position in (protocol.FROM_NOW, "0-0"):
-            hub.fail(sub, protocol.NOT_FOUND, f"stream {sid!r} not found")
-        else:
+        if gone_without_meta(position):
             hub.fail(sub, protocol.GONE, f"stream {sid!r} no longer exists (expired)")
+        else:
+            hub.fail(sub, protocol.NOT_FOUND, f"stream {sid!r} not found")
         return
     known_end: Id | None = None
+    known_last = id_of(meta.last_id) if meta.last_id else ZERO
     if position == protocol.FROM_NOW:
-        pos = id_of(meta.last_id) if meta.last_id else ZERO
+        pos = known_last
         known_end = pos
     else:
         pos = id_of(position)
@@ -75,7 +77,7 @@ async def _run(hub: Hub, sub: Subscription, position: str) -> None:
     peer.send(protocol.subscribed(sid, meta.status, format_id(pos).decode()), bounded=False)
     sub.answered = True
     finished = meta.status if meta.finished else None
-    await _catch_up(hub, sub, pos, known_end, finished, had_entries=meta.last_id is not None)
+    await _catch_up(hub, sub, pos, known_end, finished, known_last=known_last)
 
 
 async def _watched(sub: Subscription) -> None:
@@ -89,11 +91,13 @@ async def _catch_up(
     known_end: Id | None,
     finished: str | None,
     *,
-    had_entries: bool,
+    known_last: Id,
 ) -> None:
     """``pos``: the subscriber has everything up to here. ``known_end``: a real end
     of the stream seen after the channel was subscribed (so the shared position
-    may start there). ``finished``: the stream's final status, if it has ended."""
+    may start there). ``finished``: the stream's final status, if it has ended.
+    ``known_last``: the meta's ``last_id`` when subscribing (entries up to it were
+    written, so a stream that vanished since has lost them)."""
     sid, peer, tuning = sub.stream_id, sub.peer, hub.tuning
     while sub.active:
         st = sub.state
@@ -121,14 +125,16 @@ async def _catch_up(
             hub.finish(sub, protocol.end(sid, finished))
             return
         try:
-            page = await hub.history.read_after(sid, pos, tuning.catch_up_page)
+            page = await hub.history.read_after(
+                sid, pos, tuning.catch_up_page, known_last=known_last
+            )
         except RedisUnavailable:
             hub.fail(sub, protocol.UNAVAILABLE, "Redis is unavailable; resume from your last id")
             return
         hub.metrics.history_reads += 1
         if not sub.active:
             return
-        if page.gone or (page.missing and had_entries):
+        if page.gone:
             hub.fail(sub, protocol.GONE, gone_message(sid, pos))
             return
         if page.entries:

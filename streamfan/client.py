@@ -27,8 +27,16 @@ from streamfan import events
 from streamfan.assembler import Assembler
 from streamfan.errors import HistoryGone, StreamfanError, StreamNotFound, TokenError
 from streamfan.events import Event, decode_event
-from streamfan.history import FROM_NOW, is_trimmed_past, validate_position
-from streamfan.keys import EVENT_FIELD, JOB_FUNCTION, new_stream_id, validate_stream_id
+from streamfan.history import (
+    FROM_NOW,
+    ZERO,
+    PageReader,
+    format_id,
+    gone_without_meta,
+    id_of,
+    validate_position,
+)
+from streamfan.keys import JOB_FUNCTION, new_stream_id, validate_stream_id
 from streamfan.requests import validate_chat_request
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
@@ -83,6 +91,7 @@ class Client:
         self.keys = settings.keys
         self._queue: ArqRedis | None = None
         self._events: aioredis.Redis | None = None
+        self._page_reader: PageReader | None = None
 
     @classmethod
     def from_url(
@@ -128,6 +137,7 @@ class Client:
         if self._events is not None:
             await self._events.aclose()
             self._events = None
+            self._page_reader = None
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -200,6 +210,11 @@ class Client:
 
     # --- reading ------------------------------------------------------------------
 
+    def _pages(self) -> PageReader:
+        if self._page_reader is None:
+            self._page_reader = PageReader(self.redis, self.keys)
+        return self._page_reader
+
     async def status(self, stream_id: str) -> StreamMeta:
         validate_stream_id(stream_id)
         await self.connect()
@@ -209,35 +224,57 @@ class Client:
         return meta
 
     async def events(self, stream_id: str, from_: str = "0") -> AsyncIterator[tuple[str, Event]]:
-        """Yield ``(entry_id, event)`` from ``from_`` until the terminal event."""
+        """Yield ``(entry_id, event)`` after ``from_`` until the terminal event.
+
+        Ends without error if the position is already at or past the terminal
+        event. Raises :class:`HistoryGone` when events after the position were
+        trimmed or expired before they could be read (the rule is
+        :mod:`streamfan.history`'s, shared with the gateway), at the start or
+        later, if this reader falls behind what Redis keeps.
+        """
         validate_stream_id(stream_id)
         position = validate_position(from_)
         await self.connect()
         r = self.redis
-        key = self.keys.events(stream_id)
-        if await read_meta(r, self.keys, stream_id) is None:
-            if position not in ("0", FROM_NOW):
+        pages = self._pages()
+        meta = await read_meta(r, self.keys, stream_id)
+        if meta is None:
+            if gone_without_meta(position):
                 raise HistoryGone(stream_id, position)
             raise StreamNotFound(stream_id)
-        async with redis_errors():
-            if await is_trimmed_past(r, key, position):
-                raise HistoryGone(stream_id, position)
-            if position == FROM_NOW:
-                last = await r.xrevrange(key, count=1)
-                position = last[0][0].decode() if last else "0-0"
+        # The meta's last_id is written in the same script as each XADD: the
+        # stream's newest entry, the same "$" the gateway resolves.
+        known_last = id_of(meta.last_id) if meta.last_id else ZERO
+        after = known_last if position == FROM_NOW else id_of(position)
+        # The terminal event is written in the same script as the finished status:
+        # once a read made after seeing that status comes back complete without
+        # it, the reader is past it and nothing more will come.
+        finished = meta.finished
         while True:
-            async with redis_errors():
-                reply = await r.xread({key: position}, count=READ_COUNT, block=BLOCK_MS)
-            if not reply:
-                if await read_meta(r, self.keys, stream_id) is None:
-                    raise StreamNotFound(stream_id)
-                continue
-            for raw_id, fields in reply[0][1]:
-                position = raw_id.decode()
-                event = decode_event(fields[EVENT_FIELD.encode()])
-                yield position, event
+            page = await pages.read(stream_id, after, READ_COUNT, known_last=known_last)
+            if page.gone:
+                raise HistoryGone(stream_id, format_id(after).decode())
+            for raw_id, data in page.entries:
+                after = id_of(raw_id)
+                event = decode_event(data)
+                yield raw_id.decode(), event
                 if events.is_terminal(event):
                     return
+            if not page.complete:
+                continue
+            if finished:
+                return
+            # Caught up: wait until something follows ``after``, then read it as a
+            # page (what XREAD returns was not checked for trimming: not used).
+            async with redis_errors():
+                woke = await r.xread(
+                    {self.keys.events(stream_id): format_id(after)}, count=1, block=BLOCK_MS
+                )
+            if not woke:
+                current = await read_meta(r, self.keys, stream_id)
+                if current is None:
+                    raise StreamNotFound(stream_id)
+                finished = current.finished
 
     async def result(self, stream_id: str) -> Result:
         """Wait for the stream to end; return the assembled reply."""

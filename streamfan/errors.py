@@ -68,7 +68,7 @@ class HistoryGone(StreamfanError, LookupError):
         self.position = position
         super().__init__(
             f"stream {stream_id!r}: history after {position} is gone (trimmed or expired); "
-            "read from '0' for what is kept, or '$' for what comes next"
+            "follow what comes next with '$' ('0' is gone too once anything was trimmed)"
         )
 
 

@@ -232,3 +232,65 @@ redis.call('PEXPIRE', lease, ARGV[2])
 return {1, redis.call('HGET', meta, 'cancel') or ''}
 """
 )
+
+#: Readers (the client API and the gateway): one page of a stream's history and
+#: whether the history after a position is gone, decided at the same instant.
+#: This is the only place the ``gone`` rule lives (see :mod:`streamfan.history`):
+#:
+#:   gone  <=>  entries were removed from the stream
+#:              and the position is before the newest id ever written
+#:              and the position is before the oldest entry still kept.
+#:
+#: With the events key present: removed = ``entries-added`` > ``length``, newest =
+#: ``last-generated-id``, oldest kept = ``first-entry`` (none if emptied). With the
+#: key gone (expired or deleted): nothing is kept, and newest = the larger of the
+#: meta's ``last_id`` and ARGV[3] (what the caller saw written), so anything before
+#: it was removed. ``max-deleted-entry-id`` is not used: ``MAXLEN``/``XTRIM`` never
+#: update it, only ``XDEL`` does (see :mod:`streamfan.history` for why an ``XDEL``
+#: after a kept position is not ``gone``).
+#: KEYS: meta, events (one slot, like the write scripts' first two keys).
+#: ARGV: position (``ms-seq``, no leading zeros: read after it), count (>= 1),
+#:       known newest id (``ms-seq``; ``0-0`` if none).
+#: Returns {exists (0/1), gone (0/1), last_generated_id ('0-0' if no key),
+#:          rows}: rows = up to ``count`` ``XRANGE`` replies with ids greater than
+#:          the position; none when gone or when the key does not exist.
+READ_PAGE: Final = r"""
+local meta, events = KEYS[1], KEYS[2]
+local pos, count, known = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+
+-- a < b for entry ids: decimal ms and seq without leading zeros, compared as
+-- strings (length first) since they may exceed a Lua number's 53 exact bits.
+local function before(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if am ~= bm then
+    if #am ~= #bm then return #am < #bm end
+    return am < bm
+  end
+  if #as ~= #bs then return #as < #bs end
+  return as < bs
+end
+
+if redis.call('EXISTS', events) == 0 then
+  local newest = redis.call('HGET', meta, 'last_id') or '0-0'
+  if before(newest, known) then newest = known end
+  if before(pos, newest) then return {0, 1, '0-0', {}} end
+  return {0, 0, '0-0', {}}
+end
+local info = redis.call('XINFO', 'STREAM', events)
+local f = {}
+for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+local last = f['last-generated-id']
+local removed = tonumber(f['entries-added'] or 0) > tonumber(f['length'] or 0)
+local first = nil
+if type(f['first-entry']) == 'table' then first = f['first-entry'][1] end
+if removed and before(pos, last) and (first == nil or before(pos, first)) then
+  return {1, 1, last, {}}
+end
+-- From the position itself (inclusive, so even the largest id is a valid start),
+-- dropping its own entry if it is still there.
+local rows = redis.call('XRANGE', events, pos, '+', 'COUNT', count + 1)
+if #rows > 0 and rows[1][1] == pos then table.remove(rows, 1) end
+if #rows > count then rows[#rows] = nil end
+return {1, 0, last, rows}
+"""

@@ -417,12 +417,16 @@ async def test_a_submit_wakes_an_idle_worker_without_waiting_for_its_poll(
 async def test_reading_history_that_maxlen_trimmed_raises_history_gone(
     pipeline_settings: Settings, client: Client
 ) -> None:
-    s = pipeline_settings.replace(maxlen=10)
+    # MAXLEN ~ trims whole nodes of 100 entries, keeping at least 50: a reader
+    # less than 50 entries behind the writer never has its next entry trimmed.
+    s = pipeline_settings.replace(maxlen=50)
+    body = chat(reply_tokens=300, tokens_per_s=300)
     async with RunningWorker(s):
-        sub = await client.submit(chat(reply_tokens=300))
+        sub = await client.submit(body)
         # A reader that keeps up is ahead of the trimming: it gets everything.
         live = await client.result(sub.stream_id)
     assert live.status == "done"
+    assert live.message == expected_message(body)
     with pytest.raises(HistoryGone):
         await client.result(sub.stream_id)  # from "0", after the fact
     raw = await client.redis.xrange(s.keys.events(sub.stream_id))
