@@ -2,9 +2,12 @@
 
 ``--connections`` clients in ``--client-procs`` load-generator processes each
 subscribe to one of ``--streams`` running, idle streams. Reported: the gateway's
-RSS (/proc) before, with the connections (RSS per connection), and after they
-all left, over ``--rounds`` rounds: a leak shows as RSS that climbs round after
-round; the allocator keeping freed arenas shows as a step that does not.
+RSS (/proc) before, with the connections (RSS per connection), a second after
+they all left, and once the gateway handed memory back (it trims on its own once
+``Tuning.trim_min_drop`` connections left: :mod:`gateway.memory`; the bench
+waits for ``streamfan_gateway_memory_trims_total`` to move), over ``--rounds``
+rounds: a leak shows as RSS that climbs round after round; the allocator
+keeping freed arenas shows as a step that does not.
 """
 
 from __future__ import annotations
@@ -24,10 +27,14 @@ from bench.machine import machine_info, open_fds, rss_bytes
 from bench.procs import Children, redis_for
 from bench.producer import claim
 from bench.report import progress
+from gateway.tuning import Tuning
 from streamfan.settings import Settings
 from worker.publisher import Publisher
 
 WARMUP_CONNECTIONS = 50
+#: How long the gateway may take to trim after the last connection left: two of
+#: its checks (the first may fall during the exodus), and some slack.
+TRIM_WAIT_S = 4 * Tuning().trim_check_s + 10
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,16 +44,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=2, help="connect-and-leave rounds")
 
 
-async def open_connections(gw_url: str) -> float:
+async def gauge(gw_url: str, name: str) -> float:
+    """One sample of the gateway's /metrics, by name (``streamfan_gateway_`` + ``name``)."""
     async with httpx.AsyncClient() as http:
         text = (await http.get("http" + gw_url[2:] + "/metrics")).text
     for line in text.splitlines():
-        if line.startswith("streamfan_gateway_open_connections "):
+        if line.startswith(f"streamfan_gateway_{name} "):
             return float(line.split()[1])
-    raise RuntimeError("the gateway's /metrics has no open_connections")
+    raise RuntimeError(f"the gateway's /metrics has no {name}")
 
 
 async def hold(children: Children, urls: list[str], procs: int, gw_pid: int) -> dict[str, Any]:
+    gw_url = urls[0].split("/streams/")[0]
+    trims0 = await gauge(gw_url, "memory_trims_total")
+    trim_s0 = await gauge(gw_url, "memory_trim_seconds_total")
     gens = []
     for i in range(procs):
         cfg = {"urls": urls[i::procs], "mode": "idle", "connect_timeout": 60}
@@ -60,20 +71,33 @@ async def hold(children: Children, urls: list[str], procs: int, gw_pid: int) -> 
         await g.recv(60)
         await g.stop()
     children.children = [c for c in children.children if c not in gens]
-    deadline = time.monotonic() + 30
-    gw_url = urls[0].split("/streams/")[0]
+    t_left = time.monotonic()
     # Polling the gateway's metrics: there is no event to wait on.
-    while await open_connections(gw_url) > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+    while await gauge(gw_url, "open_connections") > 0 and time.monotonic() < t_left + 30:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.0)
+    left = rss_bytes(gw_pid)
+    # Normally 0: the gateway trims once the exodus stopped, a check or two later.
+    trims = trims_at_left = await gauge(gw_url, "memory_trims_total") - trims0
+    connected = sum(r["ready"] for r in ready)
+    if connected >= Tuning().trim_min_drop:
+        deadline = time.monotonic() + TRIM_WAIT_S
+        while trims < 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            trims = await gauge(gw_url, "memory_trims_total") - trims0
     return {
-        "connected": sum(r["ready"] for r in ready),
+        "connected": connected,
         "failed": sum(r["failed"] for r in ready),
         "errors": [e for r in ready for e in r["errors"]][:5],
         "rss_loaded_bytes": loaded,
         "fds_loaded": fds,
+        "rss_left_bytes": left,
         "rss_after_bytes": rss_bytes(gw_pid),
         "fds_after": open_fds(gw_pid),
+        "trims": int(trims),
+        "trims_at_left": int(trims_at_left),
+        "trim_cpu_s": await gauge(gw_url, "memory_trim_seconds_total") - trim_s0,
+        "trim_after_s": time.monotonic() - t_left if trims else None,
     }
 
 
@@ -99,6 +123,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 res["rss_per_connection_bytes"] = (res["rss_loaded_bytes"] - base) / max(
                     res["connected"], 1
                 )
+                res["rss_left_minus_baseline_bytes"] = res["rss_left_bytes"] - base
                 res["rss_after_minus_baseline_bytes"] = res["rss_after_bytes"] - base
                 rounds.append(res)
         await r.aclose()
@@ -121,8 +146,11 @@ def render(data: dict[str, Any]) -> str:
         "RSS base MiB",
         "RSS loaded MiB",
         "KiB/conn",
-        "RSS after MiB",
-        "after - base KiB",
+        "RSS left MiB",
+        "RSS after trim MiB",
+        "after - base MiB",
+        "trims",
+        "trim CPU ms",
     ]
     base = data["baseline_rss_bytes"]
     rows = [
@@ -133,8 +161,11 @@ def render(data: dict[str, Any]) -> str:
             base / 2**20,
             r["rss_loaded_bytes"] / 2**20,
             r["rss_per_connection_bytes"] / 1024,
+            r["rss_left_bytes"] / 2**20,
             r["rss_after_bytes"] / 2**20,
-            r["rss_after_minus_baseline_bytes"] / 1024,
+            r["rss_after_minus_baseline_bytes"] / 2**20,
+            r["trims"],
+            r["trim_cpu_s"] * 1000,
         ]
         for i, r in enumerate(data["rounds"])
     ]

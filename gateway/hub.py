@@ -334,26 +334,32 @@ class Hub:
         while True:
             interval = self.tuning.safety_poll_s if self.live.up else self.tuning.safety_poll_down_s
             await asyncio.sleep(interval)
-            now = self._loop.time()
-            quiet = [
-                st
-                for st in self.streams.values()
-                if st.last is not None
-                and st.fanned_out
-                and not st.reading
-                and now - st.activity >= interval
-            ]
-            for i in range(0, len(quiet), self.tuning.safety_batch):
-                batch = quiet[i : i + self.tuning.safety_batch]
-                try:
-                    last_ids = await self.history.last_ids([st.stream_id for st in batch])
-                except RedisUnavailable:
-                    break
-                for st, lid in zip(batch, last_ids, strict=True):
-                    if st.closed or st.last is None:
-                        continue
-                    if (lid is None and st.last > ZERO) or (
-                        lid is not None and lid != st.last_raw and id_of(lid) > st.last
-                    ):
-                        log.info("stream %s: behind its meta; re-reading", st.stream_id)
-                        self._bump(st)
+            # A call per pass: the streams it looked at are not kept alive by this
+            # coroutine's locals while it sleeps (dropped ones stayed until the
+            # next pass that found a quiet stream, which an idle gateway never has).
+            await self._check_quiet(interval)
+
+    async def _check_quiet(self, interval: float) -> None:
+        now = self._loop.time()
+        quiet = [
+            st
+            for st in self.streams.values()
+            if st.last is not None
+            and st.fanned_out
+            and not st.reading
+            and now - st.activity >= interval
+        ]
+        for i in range(0, len(quiet), self.tuning.safety_batch):
+            batch = quiet[i : i + self.tuning.safety_batch]
+            try:
+                last_ids = await self.history.last_ids([st.stream_id for st in batch])
+            except RedisUnavailable:
+                return
+            for st, lid in zip(batch, last_ids, strict=True):
+                if st.closed or st.last is None:
+                    continue
+                if (lid is None and st.last > ZERO) or (
+                    lid is not None and lid != st.last_raw and id_of(lid) > st.last
+                ):
+                    log.info("stream %s: behind its meta; re-reading", st.stream_id)
+                    self._bump(st)

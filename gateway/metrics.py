@@ -54,6 +54,8 @@ class Metrics:
         self.redis_reconnects = 0
         self.history_reads = 0
         self.direct_deliveries = 0
+        self.memory_trims = 0
+        self.memory_trim_s = 0.0
         self.errors: dict[str, int] = {}
         self._lag_counts = [0] * (len(LAG_BUCKETS) + 1)
         self._lag_sum = 0.0
@@ -86,6 +88,12 @@ class Metrics:
                 "Wake-ups delivered straight from the pub/sub message",
                 self.direct_deliveries,
             ),
+            (
+                "memory_trims",
+                "Memory handed back after many connections left (gc + malloc_trim)",
+                self.memory_trims,
+            ),
+            ("memory_trim_seconds", "CPU seconds spent in memory trims", self.memory_trim_s),
         )
         for name, doc, value in counters:
             yield CounterMetricFamily(PREFIX + name, doc, value=value)

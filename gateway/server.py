@@ -32,7 +32,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, metrics
+from gateway import auth, memory, metrics
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
@@ -77,6 +77,7 @@ class Gateway:
         self._live: Live | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
+        self._trim = memory.TrimPolicy(self.tuning.trim_min_drop, self.tuning.trim_fraction)
         #: Set by stop(): connections whose handler starts later are closed at once.
         self._stopping: CloseCode | None = None
         self._endpoints = Endpoints(self._ready, self._render_metrics, static_dir)
@@ -124,12 +125,17 @@ class Gateway:
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
         }
         self._hub.start()
+        self._hub.spawn(
+            memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
+            name="reclaim",
+        )
         try:
             self._server = await serve(
                 self._handler,
                 s.host,
                 s.port,
                 process_request=self._process_request,
+                create_connection=memory.Connection,
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -276,6 +282,7 @@ class Gateway:
             on_cut=hub.detach,
         )
         self.peers.add(peer)
+        self._trim.opened(len(self.peers))
         self.metrics.connections_total += 1
         if self._stopping is not None:
             # Its handshake finished as stop() was closing everything else.

@@ -46,3 +46,10 @@ class Tuning:
     safety_poll_down_s: float = 1.0
     #: Streams asked about per round trip by the safety net.
     safety_batch: int = 500
+    #: Check the open connections this often for a trim (:mod:`gateway.memory`)...
+    trim_check_s: float = 5.0
+    #: ...due once at least this many left since the peak...
+    trim_min_drop: int = 1000
+    #: ...and at most this fraction of the peak is left (the trim's full collection
+    #: walks every live object: ~40 µs of CPU per open connection).
+    trim_fraction: float = 0.25

@@ -94,6 +94,9 @@ def test_memory_measures_rss_with_and_after_connections(tmp_path: Path, redis_ur
     assert rnd["connected"] == 20 and rnd["failed"] == 0
     assert data["baseline_rss_bytes"] > 0 and rnd["rss_loaded_bytes"] > 0
     assert rnd["rss_after_bytes"] > 0 and rnd["fds_after"] < rnd["fds_loaded"]
+    assert rnd["rss_left_bytes"] > 0
+    # Far fewer connections than the gateway's trim needs gone: none, and no wait for one.
+    assert rnd["trims"] == 0 and rnd["trim_after_s"] is None
 
 
 def test_plot_draws_the_fanout_charts(tmp_path: Path, redis_url: str) -> None:
