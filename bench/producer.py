@@ -4,9 +4,10 @@
 each stream's meta, claims an attempt with :class:`worker.publisher.Publisher`
 (as the worker does), writes a ``start`` event and prints ``{"ready": true}``.
 On ``{"cmd": "go"}`` it writes
-``events`` stamped deltas per stream, one ``APPEND`` round trip each (XADD +
-PUBLISH in the worker's own Lua script), at ``rate`` per stream per second (0:
-as fast as it can), then ``done``; prints what it wrote and exits.
+``events`` stamped deltas per stream, one write each through the worker's own
+write path (``AttemptWriter.write``: XADD + PUBLISH in one Lua script, batched
+across streams), at ``rate`` per stream per second (0: as fast as it can), then
+``done``; prints what it wrote and exits.
 """
 
 from __future__ import annotations
