@@ -3,9 +3,12 @@
 Pages come from the reader the client API uses too
 (:class:`streamfan.history.PageReader`): each page is one round trip of one Lua
 script, which also decides, at the same instant, whether the history after the
-position is ``gone`` — the rule lives there and nowhere else. What to do with a
-page (replay it, fan it out, answer ``gone``) is :mod:`gateway.catchup`'s and
-:mod:`gateway.hub`'s.
+position is ``gone`` — the rule lives there and nowhere else. The same reader
+skips rows that hold no event (a foreign ``XADD``): what the gateway splices
+into a frame is always a JSON object with a ``type``, and a page that is not
+``complete`` always has entries, so a reader that moves to its last entry moves
+forward. What to do with a page (replay it, fan it out, answer ``gone``) is
+:mod:`gateway.catchup`'s and :mod:`gateway.hub`'s.
 
 Redis errors are raised again as :class:`RedisUnavailable` here, at the edge.
 """
@@ -55,7 +58,8 @@ class History:
     async def read_after(
         self, stream_id: str, position: Id, count: int, *, known_last: Id = ZERO
     ) -> Page:
-        """Up to ``count`` entries with ids greater than ``position``, in one round trip.
+        """Up to ``count`` entries with ids greater than ``position``, in one round trip
+        (more only past a full page of skipped rows).
 
         ``known_last``: the newest id the caller saw in the stream's meta (see
         :meth:`streamfan.history.PageReader.read`)."""

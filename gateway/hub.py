@@ -316,6 +316,12 @@ class Hub:
                 self.metrics.history_reads += 1
                 if st.closed:
                     return
+                # ``page.gone`` is the shared rule: entries after ``last`` were lost
+                # (``known_last=last`` would change nothing: ``last`` is the position).
+                # A follower also gives up on a stream whose events key vanished after
+                # it delivered from it (deleted, or expired with its meta): nothing
+                # after ``last`` was lost, but no terminal event can come any more
+                # (and a new subscriber to an expired stream is told ``gone`` too).
                 if page.gone or (page.missing and last > ZERO):
                     log.warning("stream %s: history after %s is gone", st.stream_id, last)
                     self._close(st, (protocol.GONE, catchup.gone_message(st.stream_id, last)))

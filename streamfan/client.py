@@ -14,6 +14,7 @@ It talks to Redis only: the arq queue to enqueue, the event streams to read.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,7 +26,13 @@ from arq.connections import RedisSettings
 
 from streamfan import events
 from streamfan.assembler import Assembler
-from streamfan.errors import HistoryGone, StreamfanError, StreamNotFound, TokenError
+from streamfan.errors import (
+    HistoryGone,
+    InvalidEvent,
+    StreamfanError,
+    StreamNotFound,
+    TokenError,
+)
 from streamfan.events import Event, decode_event
 from streamfan.history import (
     FROM_NOW,
@@ -48,6 +55,8 @@ from streamfan.store import (
     request_cancel,
 )
 from streamfan.tokens import mint_token
+
+log = logging.getLogger(__name__)
 
 #: How long one blocking read waits before checking the stream still exists.
 BLOCK_MS = 5000
@@ -231,6 +240,12 @@ class Client:
         trimmed or expired before they could be read (the rule is
         :mod:`streamfan.history`'s, shared with the gateway), at the start or
         later, if this reader falls behind what Redis keeps.
+
+        Rows that hold no valid event (written by something other than
+        streamfan) are skipped with a warning, as the gateway skips them: they
+        neither end the read nor hold it back. A JSON object that is not a valid
+        event (an unknown type, a missing field) is skipped here too, though the
+        gateway, which does not validate events, relays it.
         """
         validate_stream_id(stream_id)
         position = validate_position(from_)
@@ -255,11 +270,16 @@ class Client:
             if page.gone:
                 raise HistoryGone(stream_id, format_id(after).decode())
             for raw_id, data in page.entries:
-                after = id_of(raw_id)
-                event = decode_event(data)
+                try:
+                    event = decode_event(data)
+                except InvalidEvent as exc:
+                    log.warning("stream %s: entry %s skipped: %s", stream_id, raw_id.decode(), exc)
+                    continue
                 yield raw_id.decode(), event
                 if events.is_terminal(event):
                     return
+            # Past the rows the page skipped too: the wait below starts after them.
+            after = page.read_to
             if not page.complete:
                 continue
             if finished:

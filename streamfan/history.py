@@ -30,6 +30,22 @@ its meta's ``last_id``, or the caller, saw written.
   stream was trimmed to empty: there was nothing after it. (The client's old
   check said ``gone`` there.)
 
+Rows that are not events
+------------------------
+
+Only streamfan writes to its streams, but anyone with access to Redis can
+``XADD`` to one. A row counts as an event when its ``e`` field holds a JSON
+object with a string ``type`` (valid UTF-8 JSON, so it can be spliced into a
+gateway frame as it is); any other row (no ``e``, not JSON, a JSON array, number
+or ``null``, no ``type``) is skipped by every reader, with a warning naming the
+stream and the ids. Skipped rows still move the position: a page that held only
+such rows is followed by the next one within the same :meth:`PageReader.read`,
+so every page that is not ``complete`` has entries, and :attr:`Page.read_to`
+is where the next page starts (a reader waiting at the end of a stream waits
+after the rows it skipped, not before them). Whether an object is a valid event
+of a known type is the reader's own affair: the gateway relays it verbatim; the
+client API validates it.
+
 What a caller does with ``gone``, ``missing`` and the entries (an exception, an
 ``error`` message, decoding) is its own affair.
 """
@@ -41,6 +57,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from streamfan import scripts
@@ -102,23 +119,40 @@ class Page:
     gone: bool
     #: The stream key does not exist (never written, or expired).
     missing: bool
+    #: The id of the newest row read, delivered or skipped (the position itself
+    #: if there was none): the next page starts after it.
+    read_to: Id
 
 
-def _entries(rows: Sequence[Any]) -> list[Entry]:
+def is_event_json(data: bytes) -> bool:
+    """Whether an ``e`` field holds an event: a JSON object with a string ``type``."""
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("type"), str)
+
+
+def _entries(rows: Sequence[Any], skipped: list[bytes]) -> list[Entry]:
+    """The rows that hold an event; the ids of the others are added to ``skipped``."""
     out: list[Entry] = []
     for entry_id, fields in rows:
         # fields is a flat [name, value, ...] list; the worker writes only ``e``.
         for i in range(0, len(fields) - 1, 2):
             if fields[i] == _FIELD:
-                out.append((entry_id, fields[i + 1]))
+                if is_event_json(fields[i + 1]):
+                    out.append((entry_id, fields[i + 1]))
+                else:
+                    skipped.append(entry_id)
                 break
         else:
-            log.warning("entry %s has no %r field; skipped", entry_id, EVENT_FIELD)
+            skipped.append(entry_id)
     return out
 
 
 class PageReader:
-    """Reads pages of history, one round trip each, through one registered script."""
+    """Reads pages of history through one registered script: one round trip a page
+    (more only to get past a full page of rows that are not events)."""
 
     def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
         self.keys = keys
@@ -129,19 +163,43 @@ class PageReader:
     ) -> Page:
         """Up to ``count`` entries with ids greater than ``position``.
 
+        Rows that hold no event are skipped (see above): the page is empty only
+        if it is also ``complete`` (or ``gone``).
+
         ``known_last``: the newest id the caller saw written (the meta's
         ``last_id`` when it looked); it counts as removed if the events key has
         disappeared since, even if the meta went with it. Redis errors are raised
         as :class:`~streamfan.errors.RedisUnavailable`.
         """
         keys = [self.keys.meta(stream_id), self.keys.events(stream_id)]
-        args: list[bytes | int] = [format_id(position), count, format_id(known_last)]
-        async with redis_errors():
-            exists, gone, end, rows = await self._script(keys, args)
+        skipped: list[bytes] = []
+        while True:
+            args: list[bytes | int] = [format_id(position), count, format_id(known_last)]
+            async with redis_errors():
+                exists, gone, end, rows = await self._script(keys, args)
+            entries = _entries(rows, skipped)
+            complete = len(rows) < count
+            if rows:
+                position = id_of(rows[-1][0])
+            if entries or complete:
+                break
+            # A full page of rows that are not events: read on from the last of
+            # them, so that no caller sees an empty page that is not complete.
+        if skipped:
+            log.warning(
+                "stream %s: skipped %d entries (%s..%s) whose %r field is missing or not "
+                "a JSON object with a string 'type': not written by streamfan",
+                stream_id,
+                len(skipped),
+                skipped[0].decode(),
+                skipped[-1].decode(),
+                EVENT_FIELD,
+            )
         return Page(
-            _entries(rows),
-            complete=len(rows) < count,
+            entries,
+            complete=complete,
             end=id_of(end),
             gone=bool(gone),
             missing=not exists,
+            read_to=position,
         )
