@@ -178,43 +178,51 @@ return out
 #: each), which for four per stream cost more than the rest of the append.
 #: Keys named inside a script are fine on one Redis; the batch spans many
 #: streams' slots anyway, so a Redis Cluster would need batches split by slot.
-#: Returns one reply per stream, in order, each shaped as :data:`APPEND`'s.
+#: Returns one reply per stream, in order, each shaped as :data:`APPEND`'s, or
+#: {'err', message} if Redis refused that stream's commands, or {'bad_record'}.
 APPEND_MANY: Final = (
     _COMMON
     + r"""
 local maxlen, now, batch = ARGV[1], ARGV[2], ARGV[3]
+
+local function append_record(record)
+  local nl = string.find(record, '\n', 1, true) or (#record + 1)
+  local base, attempt, seq = string.match(string.sub(record, 1, nl - 1), '^(%S+) (%d+) (%d*)$')
+  if not base then return {'bad_record'} end
+  local m_key, e_key = base .. ':meta', base .. ':events'
+  local m = redis.call('HMGET', m_key, 'attempt', 'status', 'seq', 'last_id', 'cancel')
+  local have = tonumber(m[3] or '0')
+  local first = have
+  if seq ~= '' then first = tonumber(seq) end
+  if not m[1] then return {'gone'} end
+  if tonumber(m[1]) ~= tonumber(attempt) then return {'stale', m[1]} end
+  if is_finished(m[2]) then return {'finished', m[2]} end
+  if first > have then return {'gap', have} end
+  local evs = {}
+  for ev in string.gmatch(string.sub(record, nl + 1), '[^\n]+') do evs[#evs + 1] = ev end
+  local ids = xadd_publish(e_key, base .. ':live', m[4] or '0-0', maxlen, evs,
+                           have - first + 1, #evs)
+  if #ids > 0 then
+    redis.call('HSET', m_key, 'seq', have + #ids, 'updated_at', now, 'last_id', ids[#ids])
+  end
+  local reply = {'ok', m[5] or '', have + #ids}
+  for i = 1, #ids do reply[#reply + 1] = ids[i] end
+  return reply
+end
+
 local replies = {}
 local pos = 1
 while pos <= #batch do
   local stop = string.find(batch, '\30', pos, true) or (#batch + 1)
   local record = string.sub(batch, pos, stop - 1)
   pos = stop + 1
-  local nl = string.find(record, '\n', 1, true) or (#record + 1)
-  local base, attempt, seq = string.match(string.sub(record, 1, nl - 1), '^(%S+) (%d+) (%d*)$')
-  local m_key, e_key = base .. ':meta', base .. ':events'
-  local m = redis.call('HMGET', m_key, 'attempt', 'status', 'seq', 'last_id', 'cancel')
-  local have = tonumber(m[3] or '0')
-  local first = have
-  if seq ~= '' then first = tonumber(seq) end
-  local reply
-  if not m[1] then
-    reply = {'gone'}
-  elseif tonumber(m[1]) ~= tonumber(attempt) then
-    reply = {'stale', m[1]}
-  elseif is_finished(m[2]) then
-    reply = {'finished', m[2]}
-  elseif first > have then
-    reply = {'gap', have}
-  else
-    local evs = {}
-    for ev in string.gmatch(string.sub(record, nl + 1), '[^\n]+') do evs[#evs + 1] = ev end
-    local ids = xadd_publish(e_key, base .. ':live', m[4] or '0-0', maxlen, evs,
-                             have - first + 1, #evs)
-    if #ids > 0 then
-      redis.call('HSET', m_key, 'seq', have + #ids, 'updated_at', now, 'last_id', ids[#ids])
-    end
-    reply = {'ok', m[5] or '', have + #ids}
-    for i = 1, #ids do reply[#reply + 1] = ids[i] end
+  -- One stream's failure (OOM, a wrong key type...) is that stream's reply
+  -- only: the others in the batch carry on.
+  local ok, reply = pcall(append_record, record)
+  if not ok then
+    local msg = reply
+    if type(reply) == 'table' then msg = reply['err'] or 'error' end
+    reply = {'err', tostring(msg)}
   end
   replies[#replies + 1] = reply
 end

@@ -89,8 +89,11 @@ def _csv(raw: str) -> tuple[str, ...]:
 
 
 def _prefix(raw: str) -> str:
-    if not raw or any(c in raw for c in "{} \t\r\n"):
-        raise ValueError("expected a non-empty prefix without braces or whitespace")
+    # Printable ASCII only: key names travel inside the worker's batched append
+    # record (scripts.APPEND_MANY), where spaces, newlines and control bytes
+    # separate fields; braces would change the Redis Cluster hash tag.
+    if not raw or not all("!" <= c <= "~" and c not in "{}" for c in raw):
+        raise ValueError("expected a non-empty prefix of printable ASCII, no braces or spaces")
     return raw
 
 

@@ -28,10 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from streamfan import scripts
+from streamfan.errors import RedisUnavailable
 from streamfan.store import now_ms
 
+#: Longest one round trip may take before its appends fail (and are retried).
+SEND_TIMEOUT_S = 5.0
 #: Streams per EVALSHA: a script blocks Redis while it runs, so a huge batch
 #: would stall everyone else's commands; more than this go in one pipeline.
 MAX_STREAMS_PER_CALL = 256
@@ -73,11 +77,15 @@ class AppendBatcher:
     async def append(self, record: bytes) -> list[Any]:
         """Queue one stream's :func:`record`; return its script reply (see ``APPEND``).
 
-        Raises what the round trip raised.
+        Raises what the round trip raised (a ``redis.exceptions.TimeoutError``
+        when it took longer than :data:`SEND_TIMEOUT_S`), or
+        :class:`~streamfan.errors.RedisUnavailable` once the batcher is closed.
         """
         if self._closed:
-            raise RuntimeError("AppendBatcher is closed")
-        if self._task is None:
+            raise RedisUnavailable("the worker's Redis writer is closed")
+        if self._task is None or self._task.done():
+            # Also after the flusher ended some unforeseen way: a dead flusher
+            # would leave every later append waiting forever.
             self._task = asyncio.create_task(self._run(), name="streamfan-append-batcher")
         reply: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         self._pending.append(_Append(record, reply))
@@ -90,9 +98,16 @@ class AppendBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for item in self._pending:
-            item.reply.cancel()
+        self._fail(self._pending, RedisUnavailable("the worker's Redis writer is closed"))
         self._pending.clear()
+
+    @staticmethod
+    def _fail(items: list[_Append], exc: BaseException) -> None:
+        # An exception, not a cancel: the waiting writers were not cancelled
+        # themselves, and a stray CancelledError would confuse their callers.
+        for item in items:
+            if not item.reply.done():
+                item.reply.set_exception(exc)
 
     async def _run(self) -> None:
         while True:
@@ -105,15 +120,29 @@ class AppendBatcher:
             if not batch:
                 continue
             try:
-                replies = await self._send(batch)
+                # A connection that went silent (a dropped NAT flow) would hold
+                # every stream of the process, leases still renewed, until the
+                # kernel gives up: fail the batch instead; the writers retry
+                # with the same seq, on a fresh connection.
+                async with asyncio.timeout(SEND_TIMEOUT_S):
+                    replies = await self._send(batch)
+                if len(replies) != len(batch):
+                    raise redis.exceptions.ResponseError(
+                        f"APPEND_MANY answered {len(replies)} times for {len(batch)} appends"
+                    )
             except asyncio.CancelledError:
-                for item in batch:
-                    item.reply.cancel()
+                self._fail(batch, RedisUnavailable("the worker's Redis writer stopped"))
                 raise
+            except TimeoutError:
+                self._fail(
+                    batch,
+                    redis.exceptions.TimeoutError(
+                        f"append round trip took longer than {SEND_TIMEOUT_S:g} s"
+                    ),
+                )
+                continue
             except Exception as exc:
-                for item in batch:
-                    if not item.reply.done():
-                        item.reply.set_exception(exc)
+                self._fail(batch, exc)
                 continue
             for item, reply in zip(batch, replies, strict=True):
                 if not item.reply.done():

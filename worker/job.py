@@ -45,7 +45,14 @@ from streamfan.settings import Settings
 from worker.arqhold import ArqHold
 from worker.control import ControlChannel
 from worker.metrics import WorkerMetrics
-from worker.publisher import AttemptWriter, Claim, LeaseLost, Publisher, StreamFinished
+from worker.publisher import (
+    AttemptWriter,
+    Claim,
+    LeaseLost,
+    Publisher,
+    PublishError,
+    StreamFinished,
+)
 from worker.sse import SSEDecoder
 from worker.translate import Translator
 from worker.upstream import Upstream
@@ -151,6 +158,10 @@ class Attempt:
         try:
             outcome = await self._supervise(claim)
             return outcome
+        except RedisUnavailable as exc:
+            # The terminal write itself failed: a later attempt writes one.
+            log.warning("stream %s: cannot end the attempt (%s); retrying", sid, exc)
+            raise Retry(defer=REDIS_RETRY_S) from exc
         except asyncio.CancelledError:
             # The worker is shutting down: hand the stream over at once instead of
             # letting the lease run out, and let arq queue the job again.
@@ -230,8 +241,17 @@ class Attempt:
                 raise Retry(defer=delay) from exc
             log.warning("stream %s: failed for good (%s: %s)", sid, exc.code, exc.message)
             return await self._finish(error_event(exc))
-        except RedisUnavailable as exc:
+        except (RedisUnavailable, PublishError) as exc:
+            # PublishError here: a write refused for a reason no retry of the same
+            # attempt fixes (a gap after Redis lost writes): a new attempt starts
+            # the stream over with ``reset``.
             log.warning("stream %s: Redis failed mid-attempt (%s); retrying", sid, exc)
+            raise Retry(defer=REDIS_RETRY_S) from exc
+        except Exception as exc:
+            # Whatever it was, the stream must not stay "running" with no terminal
+            # event: another attempt runs, and after max_attempts BEGIN ends the
+            # stream with attempts_exhausted.
+            log.exception("stream %s: attempt %d failed unexpectedly; retrying", sid, claim.attempt)
             raise Retry(defer=REDIS_RETRY_S) from exc
         return await self._finish(terminal)
 

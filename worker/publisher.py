@@ -186,6 +186,10 @@ class AttemptWriter:
                 if tries == WRITE_TRIES:
                     raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
                 log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
+            except redis.exceptions.ResponseError as exc:
+                # Redis refused the whole call (READONLY after a failover, BUSY, a
+                # script error): a later attempt may succeed, so the job retries.
+                raise RedisUnavailable(f"Redis refused the append: {exc}") from exc
             except asyncio.CancelledError:
                 # Cancelled mid-call: whether the script ran is unknown, and the
                 # next write will be a different batch (the terminal event), which
@@ -200,6 +204,12 @@ class AttemptWriter:
             ids = [_s(i) for i in res[3:]]
             self.last_ids = ids
             return ids
+        if outcome == "err":
+            # Redis refused this stream's commands (OOM, a wrong key type...);
+            # the other streams of the batch were not disturbed.
+            raise RedisUnavailable(
+                f"stream {self.stream_id}: Redis refused the append: {_s(res[1])}"
+            )
         if outcome == "finished":
             raise StreamFinished(_s(res[1]))
         if outcome in ("stale", "gone"):

@@ -8,6 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from streamfan import events
+from streamfan.errors import RedisUnavailable
 from streamfan.events import decode_event
 from streamfan.settings import Settings
 from streamfan.store import create_meta
@@ -143,3 +144,64 @@ async def test_a_write_whose_caller_gave_up_before_it_was_sent_is_not_sent(
     finally:
         await pub.aclose()
     assert await _texts(aredis, settings, w.stream_id) == ["next"]
+
+
+async def test_a_stream_redis_refuses_fails_alone_and_the_rest_of_its_batch_is_written(
+    aredis: aioredis.Redis, settings: Settings
+) -> None:
+    trips: list[int] = []
+    pub = Publisher(aredis, settings, on_round_trip=trips.append)
+    a, b, c = await _writers(aredis, settings, pub, "bx", 3)
+    # Something else wrote a string where b's events stream belongs: XADD fails.
+    await aredis.set(settings.keys.events(b.stream_id), "not a stream")
+    try:
+        results = await asyncio.gather(
+            a.write([_delta("a")]),
+            b.write([_delta("b")]),
+            c.write([_delta("c")]),
+            return_exceptions=True,
+        )
+    finally:
+        await pub.aclose()
+    assert trips == [3]
+    assert isinstance(results[1], RedisUnavailable)
+    assert "WRONGTYPE" in str(results[1])
+    assert await _texts(aredis, settings, a.stream_id) == ["a"]
+    assert await _texts(aredis, settings, c.stream_id) == ["c"]
+
+
+async def test_a_round_trip_that_hangs_fails_and_its_retry_writes_once(
+    aredis: aioredis.Redis, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batcher, "SEND_TIMEOUT_S", 0.2)
+    trips: list[int] = []
+    pub = Publisher(aredis, settings, on_round_trip=trips.append)
+    (w,) = await _writers(aredis, settings, pub, "bh", 1)
+    # Redis holds every write for 0.3 s: the first send cannot answer within
+    # 0.2 s, so it fails as a timeout and the writer sends again.
+    await aredis.execute_command("CLIENT", "PAUSE", 300, "WRITE")
+    try:
+        assert len(await w.write([_delta("once")])) in (0, 1)
+        assert await w.write([_delta("next")])
+    finally:
+        await pub.aclose()
+    assert len(trips) >= 3  # a timed-out send, its retry, then "next"
+    assert await _texts(aredis, settings, w.stream_id) == ["once", "next"]
+
+
+async def test_appends_go_on_after_the_flusher_died_and_fail_cleanly_once_closed(
+    aredis: aioredis.Redis, settings: Settings
+) -> None:
+    pub = Publisher(aredis, settings)
+    (w,) = await _writers(aredis, settings, pub, "bd", 1)
+    await w.write([_delta("a")])
+    task = pub.batcher._task
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await w.write([_delta("b")])  # a new flusher takes over
+    await pub.aclose()
+    with pytest.raises(RedisUnavailable):
+        await w.write([_delta("c")])
+    assert await _texts(aredis, settings, w.stream_id) == ["a", "b"]

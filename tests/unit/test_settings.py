@@ -130,3 +130,9 @@ def test_the_settings_table_lists_every_variable_with_its_meaning() -> None:
     assert len(rows) == len(dataclasses.fields(Settings))
     assert all(var.startswith("STREAMFAN_") and doc for var, _, doc in rows)
     assert ("STREAMFAN_PORT", "8765", "Gateway listen port (0 = pick a free one)") in rows
+
+
+@pytest.mark.parametrize("prefix", ["sf\x0bx", "a b", "p\x1eq", "{p}", "é"])
+def test_a_prefix_must_be_printable_ascii_without_braces_or_spaces(prefix: str) -> None:
+    with pytest.raises(ConfigError, match="STREAMFAN_PREFIX"):
+        Settings.from_env({"STREAMFAN_PREFIX": prefix})
