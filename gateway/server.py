@@ -77,7 +77,9 @@ class Gateway:
         self._live: Live | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
-        self._trim = memory.TrimPolicy(self.tuning.trim_min_drop, self.tuning.trim_fraction)
+        self._trim = memory.TrimPolicy(
+            self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
+        )
         #: Set by stop(): connections whose handler starts later are closed at once.
         self._stopping: CloseCode | None = None
         self._endpoints = Endpoints(self._ready, self._render_metrics, static_dir)

@@ -51,5 +51,8 @@ class Tuning:
     #: ...due once at least this many left since the peak...
     trim_min_drop: int = 1000
     #: ...and at most this fraction of the peak is left (the trim's full collection
-    #: walks every live object: ~40 µs of CPU per open connection).
+    #: walks every live object: ~40 µs of CPU per open connection)...
     trim_fraction: float = 0.25
+    #: ...and at most this many are still open: caps the event-loop stall of a
+    #: trim at ~100 ms, whatever the peak (a quarter of 100,000 would be ~1 s).
+    trim_max_open: int = 2000
