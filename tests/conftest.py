@@ -8,6 +8,7 @@ The server is started once per session (``valkey-server`` from the
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -73,3 +74,14 @@ def settings(redis_url: str) -> Settings:
         worker_poll_delay_s=0.02,
         port=0,
     )
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """Only reference counting frees anything during the test."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -23,17 +22,6 @@ async def answered(client: WsClient) -> WsClient:
     await client.send(op="ping")
     await client.until(lambda m: m["op"] == "pong")
     return client
-
-
-@pytest.fixture
-def no_cyclic_gc() -> Iterator[None]:
-    """Only reference counting frees anything during the test."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.parametrize("ending", ["closed", "dropped"])

@@ -4,11 +4,9 @@ and what :func:`gateway.memory.release` frees on a protocol with no socket."""
 from __future__ import annotations
 
 import base64
-import gc
 import logging
 import os
 import weakref
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import cast
 
@@ -146,16 +144,6 @@ def _lost_without_close_frame() -> ServerProtocol:
 
 def _connection(**attributes: object) -> ServerConnection:
     return cast("ServerConnection", SimpleNamespace(**attributes))
-
-
-@pytest.fixture
-def no_cyclic_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.usefixtures("no_cyclic_gc")
