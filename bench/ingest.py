@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +28,7 @@ from bench.events import stamped_delta
 from bench.fanout import _settings
 from bench.machine import CpuMeter, commands_between, commandstats, machine_info
 from bench.procs import Children, profiling, redis_for, scrape
+from bench.profile_split import split_file
 from bench.report import progress
 from bench.sse_decoder import openai_body
 from bench.ttft import body
@@ -141,6 +143,10 @@ async def one(
         "evalsha_per_read": cmds.get("evalsha", 0) / max(reads, 1),
         "redis_commands": cmds,
         "lag_ms": report.summary(lags),
+        # With --profile: share of the worker's busy samples by what they did.
+        "profile_split": (
+            split_file(Path(args.profile) / f"ingest-{n}.folded") if args.profile else {}
+        ),
     }
 
 
@@ -281,7 +287,13 @@ def render(data: dict[str, Any]) -> str:
             ["bare XADD loop (wall)", b["xadd_loop"]["wall_us_per_xadd"]],
         ],
     )
-    return report.table(headers, rows) + "\n\n" + base
+    out = report.table(headers, rows) + "\n\n" + base
+    for r in data["rows"]:
+        if r.get("profile_split"):
+            shares = [[name, f"{share:.0%}"] for name, share in r["profile_split"].items()]
+            out += f"\n\nworker profile, {r['streams']} streams\n"
+            out += report.table(["busy samples in", "share"], shares)
+    return out
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
