@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from streamfan import protocol
 from streamfan.errors import TokenError
 from streamfan.keys import is_valid_stream_id
+from streamfan.positions import FROM_START, parse_position
 from streamfan.settings import Settings
 from streamfan.tokens import OPEN_GRANT, Grant, verify_token
 
@@ -37,7 +37,7 @@ class Admission:
     grant: Grant
     #: For ``/streams/{ID}``: subscribe to this stream on connect.
     stream: str | None = None
-    position: str = "0-0"
+    position: str = FROM_START
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +79,8 @@ def admit(
     stream = unquote(url.path[len(STREAMS_PATH) :])
     if not is_valid_stream_id(stream):
         return Refusal(HTTPStatus.BAD_REQUEST, "invalid stream id in the path")
-    raw_from = query.get("from", [protocol.FROM_START])[0]
-    position = protocol.parse_position(raw_from)
+    raw_from = query.get("from", [FROM_START])[0]
+    position = parse_position(raw_from)
     if position is None:
         return Refusal(HTTPStatus.BAD_REQUEST, "invalid 'from': use 0, $ or a stream entry id")
     if not grant.can_read(stream):

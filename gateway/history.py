@@ -3,12 +3,8 @@
 Pages come from the reader the client API uses too
 (:class:`streamfan.history.PageReader`): each page is one round trip of one Lua
 script, which also decides, at the same instant, whether the history after the
-position is ``gone`` — the rule lives there and nowhere else. The same reader
-skips rows that hold no event (a foreign ``XADD``): what the gateway splices
-into a frame is always a JSON object with a ``type``, and a page that is not
-``complete`` always has entries, so a reader that moves to its last entry moves
-forward. What to do with a page (replay it, fan it out, answer ``gone``) is
-:mod:`gateway.catchup`'s and :mod:`gateway.hub`'s.
+position is ``gone``. What to do with a page is :mod:`streamfan.recovery`'s
+decision and :mod:`gateway.hub`'s work.
 
 Redis errors are raised again as :class:`RedisUnavailable` here, at the edge.
 """
@@ -20,28 +16,13 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from streamfan import events, protocol, store
+from streamfan import store
 from streamfan.errors import RedisUnavailable
-from streamfan.history import ZERO, Entry, Id, Page, PageReader, format_id, id_of
+from streamfan.history import PageReader
 from streamfan.keys import Keys, Meta
+from streamfan.positions import ZERO, Id
+from streamfan.recovery import Page
 from streamfan.store import StreamMeta
-
-__all__ = [
-    "ZERO",
-    "Entry",
-    "History",
-    "Id",
-    "Page",
-    "format_id",
-    "id_of",
-    "terminal_status",
-]
-
-
-def terminal_status(event_json: bytes) -> str | None:
-    """The status a terminal event leaves (``done``…), or None for any other event."""
-    etype = protocol.event_type(event_json)
-    return events.TERMINAL_STATUS.get(etype) if etype is not None else None
 
 
 class History:

@@ -1,23 +1,18 @@
-"""Stream → local subscribers: the shared position, reads, and fan-out encoded once.
+"""Stream → local subscribers: reads, catch-up and fan-out encoded once — the I/O.
 
-Each watched stream has one :class:`StreamState` with ``last``, the id up to
-which its live subscribers have been given everything. A wake-up whose
-``prev_id`` equals ``last`` is delivered straight from the message (it provably
-skips nothing); any other wake-up starts a read from ``last`` — at most one per
-stream in flight, later wake-ups coalesced into a generation counter. Each batch
-is encoded once into JSON Lines and the same bytes are queued on every socket.
+The decisions are :mod:`streamfan.recovery`'s: where a position resolves,
+whether history after it is ``gone``, when a subscriber is in step, ahead or
+pending, when a stream has finished. This module does what they say: it reads
+(through :class:`~gateway.history.History`), encodes each batch once into JSON
+Lines and queues the same bytes on every socket (:class:`~gateway.peer.Peer`).
 
-Subscribers live in one of three places of a state:
-
-``pending``  catching up on their own from their requested position
-             (:mod:`gateway.catchup`), reading history page by page;
-``subs``     in step: they have exactly everything up to ``last``;
-``ahead``    they already have everything up to an id beyond ``last`` (they
-             resumed from an id this gateway has not delivered yet); a batch
-             gives them only what is newer, then they are in step.
-
-So a subscriber joining mid-stream never disturbs the others, and every id
-reaches every subscriber once, in order.
+One subscriber's way in (:meth:`Hub._catch_up`, driving a
+:class:`~streamfan.recovery.Reader`): the stream's channel is subscribed — and
+Redis confirmed it — before anything is read, so every later write wakes the
+hub; then the meta, ``subscribed`` with the resolved position, and history page
+by page to this socket alone, pacing itself on the socket; then it joins the
+fan-out. So a subscriber joining mid-stream never disturbs the others, and every
+id reaches every subscriber once, in order.
 """
 
 from __future__ import annotations
@@ -28,74 +23,20 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from gateway import catchup
-from gateway.history import ZERO, Entry, History, Id, format_id, id_of, terminal_status
+from gateway.history import History
 from gateway.live import Live
 from gateway.metrics import Metrics
 from gateway.peer import Peer, Shared
+from gateway.streams import StreamState, Subscription
 from gateway.tuning import Tuning
 from streamfan import protocol
 from streamfan.errors import RedisUnavailable
+from streamfan.positions import ZERO, format_id, parse_id
+from streamfan.protocol import CloseCode
+from streamfan.recovery import Deliver, End, Entry, Join, Read, Reader, Refuse, Rewatch
 from streamfan.wakeup import decode_wakeup
 
 log = logging.getLogger(__name__)
-
-
-class Subscription:
-    __slots__ = ("active", "answered", "peer", "state", "stream_id")
-
-    def __init__(self, peer: Peer, stream_id: str, state: StreamState) -> None:
-        self.peer = peer
-        self.stream_id = stream_id
-        self.state = state
-        self.active = True
-        #: ``subscribed`` went out: a later error answers no request (``reply_to`` null).
-        self.answered = False
-
-
-class StreamState:
-    __slots__ = (
-        "activity",
-        "ahead",
-        "closed",
-        "dirty",
-        "final_status",
-        "gen",
-        "last",
-        "last_raw",
-        "pending",
-        "prefix",
-        "reading",
-        "stream_id",
-        "subs",
-        "watched",
-    )
-
-    def __init__(self, stream_id: str, watched: asyncio.Task[None]) -> None:
-        self.stream_id = stream_id
-        self.prefix = protocol.event_prefix(stream_id)
-        self.subs: set[Subscription] = set()
-        self.ahead: dict[Subscription, Id] = {}
-        self.pending: set[Subscription] = set()
-        #: The shared position; None until the first subscriber has read up to the end.
-        self.last: Id | None = None
-        self.last_raw = b""
-        #: A wake-up came while ``last`` was unknown: read once it is known.
-        self.dirty = False
-        #: Bumped whenever a read may find something new (coalesces wake-ups).
-        self.gen = 0
-        self.reading = False
-        #: No longer fanned out: the stream ended, failed, or nobody watches it.
-        self.closed = False
-        #: The status of the stream's terminal event, once delivered.
-        self.final_status: str | None = None
-        #: Done once Redis confirmed the SUBSCRIBE to the stream's channel.
-        self.watched = watched
-        self.activity = 0.0
-
-    @property
-    def fanned_out(self) -> bool:
-        return bool(self.subs or self.ahead)
 
 
 class Hub:
@@ -105,6 +46,8 @@ class Hub:
         self.metrics = metrics
         self.tuning = tuning
         self.streams: dict[str, StreamState] = {}
+        #: Each socket's subscriptions, by stream id.
+        self.subscriptions: dict[Peer, dict[str, Subscription]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -133,26 +76,30 @@ class Hub:
 
     # --- what the server calls -----------------------------------------------------------
 
+    def subscription_count(self) -> int:
+        return sum(len(subs) for subs in self.subscriptions.values())
+
     def subscribe(self, peer: Peer, stream_id: str, position: str) -> None:
         peer.session.add(stream_id)
-        st = self.state_for(stream_id)
+        st = self._state_for(stream_id)
         sub = Subscription(peer, stream_id, st)
-        peer.subs[stream_id] = sub
+        self.subscriptions.setdefault(peer, {})[stream_id] = sub
         st.pending.add(sub)
-        self.spawn(catchup.run(self, sub, position), name=f"subscribe {stream_id}")
+        self.spawn(self._subscription(sub, position), name=f"subscribe {stream_id}")
 
     def unsubscribe(self, peer: Peer, stream_id: str) -> None:
-        sub = peer.subs.get(stream_id)
+        sub = self.subscriptions.get(peer, {}).get(stream_id)
         if sub is not None:
-            self.release(sub)
+            self._release(sub)
 
     def detach(self, peer: Peer) -> None:
-        for sub in list(peer.subs.values()):
-            self.release(sub)
+        for sub in list(self.subscriptions.get(peer, {}).values()):
+            self._release(sub)
+        self.subscriptions.pop(peer, None)
 
-    # --- state bookkeeping (also used by gateway.catchup) ----------------------------------
+    # --- state bookkeeping -----------------------------------------------------------------
 
-    def state_for(self, stream_id: str) -> StreamState:
+    def _state_for(self, stream_id: str) -> StreamState:
         st = self.streams.get(stream_id)
         if st is None:
             # Subscribe to the channel first; history is read only after Redis
@@ -161,17 +108,19 @@ class Hub:
             st = self.streams[stream_id] = StreamState(stream_id, watched)
         return st
 
-    def release(self, sub: Subscription) -> None:
-        """Take a subscription out of everything; forget the stream if nobody is left."""
+    def _forget(self, sub: Subscription) -> None:
         sub.active = False
-        st, peer, sid = sub.state, sub.peer, sub.stream_id
-        st.subs.discard(sub)
-        st.ahead.pop(sub, None)
-        st.pending.discard(sub)
-        if peer.subs.get(sid) is sub:
-            del peer.subs[sid]
-            peer.session.discard(sid)
-        if not (st.subs or st.ahead or st.pending) and self.streams.get(sid) is st:
+        subs = self.subscriptions.get(sub.peer)
+        if subs is not None and subs.get(sub.stream_id) is sub:
+            del subs[sub.stream_id]
+            sub.peer.session.discard(sub.stream_id)
+
+    def _release(self, sub: Subscription) -> None:
+        """Take a subscription out of everything; forget the stream if nobody is left."""
+        self._forget(sub)
+        st = sub.state
+        st.leave(sub)
+        if st.empty and self.streams.get(st.stream_id) is st:
             self._drop(st)
 
     def _drop(self, st: StreamState) -> None:
@@ -181,32 +130,103 @@ class Hub:
         st.watched.cancel()
         self.live.unwatch(st.stream_id)
 
-    def finish(self, sub: Subscription, last_message: bytes) -> None:
+    def _finish(self, sub: Subscription, last_message: bytes) -> None:
         sub.peer.send(last_message, bounded=False)
-        self.release(sub)
+        self._release(sub)
 
-    def fail(self, sub: Subscription, code: str, message: str) -> None:
+    def _fail(self, sub: Subscription, code: str, message: str) -> None:
         """End a subscription with an error: the answer to its ``subscribe`` if it
         was not answered yet, else an error that answers nothing."""
         self.metrics.error(code)
         reply_to = None if sub.answered else protocol.SUBSCRIBE
-        self.finish(sub, protocol.error(sub.stream_id, code, message, reply_to=reply_to))
+        self._finish(sub, protocol.error(sub.stream_id, code, message, reply_to=reply_to))
 
-    def establish(self, st: StreamState, end: Id) -> None:
-        """Set the shared position from a read that reached the stream's end."""
-        st.last, st.last_raw = end, format_id(end)
-        if st.dirty:
-            st.dirty = False
-            self._bump(st)
+    # --- one subscriber's way in -------------------------------------------------------------
 
-    def enter(self, sub: Subscription, pos: Id) -> None:
-        """A caught-up subscriber joins the shared fan-out."""
-        st = sub.state
-        st.pending.discard(sub)
-        if pos == st.last:
-            st.subs.add(sub)
+    async def _subscription(self, sub: Subscription, position: str) -> None:
+        """The task behind one ``subscribe``; ends when the subscriber joined or finished."""
+        try:
+            await self._catch_up(sub, Reader(sub.stream_id, position))
+        except RedisUnavailable:
+            if sub.active and sub in sub.state.pending:
+                again = "resume from your last id" if sub.answered else "subscribe again shortly"
+                self._fail(sub, protocol.UNAVAILABLE, f"Redis is unavailable; {again}")
+        except Exception:
+            log.exception("stream %s: subscription failed", sub.stream_id)
+            if sub.active and sub in sub.state.pending:
+                self._fail(sub, protocol.UNAVAILABLE, "the gateway failed; subscribe again")
+        finally:
+            if sub.active and sub in sub.state.pending:
+                self._release(sub)  # cancelled (shutdown): leave nothing behind
+
+    async def _catch_up(self, sub: Subscription, reader: Reader) -> None:
+        sid, peer, tuning = sub.stream_id, sub.peer, self.tuning
+        await asyncio.shield(sub.state.watched)
+        meta = await self.history.meta(sid)
+        if not sub.active:
+            return
+        if meta is None:
+            opened = reader.open(None, ZERO)
         else:
-            st.ahead[sub] = pos
+            opened = reader.open(meta.status, parse_id(meta.last_id) if meta.last_id else ZERO)
+        if isinstance(opened, Refuse):
+            self._fail(sub, opened.code, opened.message)
+            return
+        # Nothing at or below this position is sent: resuming from it neither
+        # skips nor repeats.
+        peer.send(
+            protocol.subscribed(sid, opened.status, format_id(opened.position).decode()),
+            bounded=False,
+        )
+        sub.answered = True
+        while sub.active:
+            step = reader.step(sub.state)
+            if isinstance(step, Rewatch):
+                sub.state.pending.discard(sub)
+                sub.state = self._state_for(sid)
+                sub.state.pending.add(sub)
+                await asyncio.shield(sub.state.watched)
+                reader.rewatched()
+                continue
+            if isinstance(step, Join):
+                st = sub.state
+                if step.establish is not None and st.establish(step.establish):
+                    self._start_read(st)
+                st.join(sub, step.position)
+                return
+            if isinstance(step, End):
+                self._finish(sub, protocol.end(sid, step.status))
+                return
+            assert isinstance(step, Read)  # a reader with a fan-out never waits
+            page = await self.history.read_after(
+                sid, step.after, tuning.catch_up_page, known_last=step.known_last
+            )
+            self.metrics.history_reads += 1
+            if not sub.active:
+                return
+            out = reader.feed(page)
+            if isinstance(out, Refuse):
+                self._fail(sub, out.code, out.message)
+                return
+            if isinstance(out, Deliver):
+                self._replay(sub, out)
+                if out.final_status is not None:
+                    self._release(sub)  # the terminal event and ``end`` went out
+                    return
+                if not await peer.drained(tuning.drain_timeout_s):
+                    if sub.active and not peer.closing:
+                        self.metrics.slow_disconnects += 1
+                        peer.cut(CloseCode.TOO_SLOW)
+                    return
+
+    def _replay(self, sub: Subscription, out: Deliver) -> None:
+        """Send history to this subscriber alone, paced by the caller (not cut)."""
+        prefix = sub.state.prefix
+        lines = [protocol.event_line(prefix, eid, ev) for eid, ev in out.entries]
+        if out.final_status is not None:
+            lines.append(protocol.end(sub.stream_id, out.final_status))
+        sub.peer.send(protocol.join_lines(lines), bounded=False)
+        self.metrics.events_delivered += len(out.entries)
 
     # --- the live path ------------------------------------------------------------------------
 
@@ -215,17 +235,12 @@ class Hub:
         if st is None or st.closed:
             return
         st.activity = self._loop.time()
-        if st.last is None:
-            st.dirty = True
-            return
-        wake = decode_wakeup(payload)
-        if wake is None or not wake.entries:
-            self._bump(st)
-        elif wake.prev_id == st.last_raw:
+        decision = st.on_wakeup(decode_wakeup(payload))
+        if decision is True:
+            self._start_read(st)
+        elif decision:
             self.metrics.direct_deliveries += 1
-            self.deliver(st, wake.entries)
-        elif id_of(wake.last_id) > st.last:
-            self._bump(st)
+            self._deliver(st, decision)
 
     def resync(self, stream_ids: list[str] | None) -> None:
         targets = (
@@ -234,69 +249,51 @@ class Hub:
             else [st for sid in stream_ids if (st := self.streams.get(sid)) is not None]
         )
         for st in targets:
-            if st.last is None:
-                st.dirty = True
-            else:
-                self._bump(st)
+            if st.request_read():
+                self._start_read(st)
 
-    def deliver(self, st: StreamState, entries: Sequence[Entry]) -> None:
-        """Hand a batch newer than ``st.last`` to every live subscriber, encoded once."""
-        prefix, sid = st.prefix, st.stream_id
+    def _deliver(self, st: StreamState, batch: Sequence[Entry]) -> None:
+        """Hand a batch newer than the shared position to every live subscriber,
+        encoded once (the subscribers that were ahead get their part of it)."""
+        entries, status, caught = st.advance(batch)
+        prefix = st.prefix
         lines = [protocol.event_line(prefix, eid, ev) for eid, ev in entries]
-        last_raw = entries[-1][0]
-        last = id_of(last_raw)
-        status = terminal_status(entries[-1][1])
-        end_line = protocol.end(sid, status) if status is not None else b""
+        end_line = protocol.end(st.stream_id, status) if status is not None else b""
         if status is not None:
             lines.append(end_line)
         shared = Shared(protocol.join_lines(lines))
-        for sub in st.subs:
+        delivered = 0
+        for sub in st.in_step:
             sub.peer.send_shared(shared)
-        delivered = len(entries) * len(st.subs)
-        if st.ahead:
-            for sub, pos in list(st.ahead.items()):
-                if pos >= last:
-                    if status is not None:
-                        sub.peer.send(end_line)
-                    continue
-                first = next(i for i, (eid, _) in enumerate(entries) if id_of(eid) > pos)
-                sub.peer.send(protocol.join_lines(lines[first:]))
-                delivered += len(entries) - first
-                del st.ahead[sub]
-                st.subs.add(sub)
-        st.last, st.last_raw = last, last_raw
+        delivered = len(entries) * len(st.in_step)
+        for sub, first in caught:
+            sub.peer.send(protocol.join_lines(lines[first:]) if first < len(entries) else end_line)
+            delivered += len(entries) - first
+        st.promote(caught, len(entries))
         st.activity = self._loop.time()
         self.metrics.events_delivered += delivered
         now_ms = time.time() * 1000.0
         for eid, _ in entries:
             self.metrics.observe_lag(max(0.0, now_ms - int(eid.partition(b"-")[0])) / 1000.0)
         if status is not None:
-            st.final_status = status
             self._close(st)
 
     def _close(self, st: StreamState, error: tuple[str, str] | None = None) -> None:
         """Stop fanning out a stream: it ended (``end`` was sent) or failed with ``error``."""
-        for sub in (*st.subs, *st.ahead):
+        for sub in (*st.in_step, *st.ahead):
             if error is not None:
                 # Only subscribers that were answered long ago are fanned out to.
                 self.metrics.error(error[0])
                 line = protocol.error(st.stream_id, *error, reply_to=None)
                 sub.peer.send(line, bounded=False)
-            sub.active = False
-            if sub.peer.subs.get(sub.stream_id) is sub:
-                del sub.peer.subs[sub.stream_id]
-                sub.peer.session.discard(sub.stream_id)
-        st.subs.clear()
+            self._forget(sub)
+        st.in_step.clear()
         st.ahead.clear()
         # Subscribers still catching up finish from history on their own.
         if self.streams.get(st.stream_id) is st:
             self._drop(st)
 
-    def _bump(self, st: StreamState) -> None:
-        st.gen += 1
-        if st.reading or st.closed or st.last is None:
-            return
-        st.reading = True
+    def _start_read(self, st: StreamState) -> None:
         self.spawn(self._pump(st), name=f"pump {st.stream_id}")
 
     async def _pump(self, st: StreamState) -> None:
@@ -316,21 +313,14 @@ class Hub:
                 self.metrics.history_reads += 1
                 if st.closed:
                     return
-                # ``page.gone`` is the shared rule: entries after ``last`` were lost
-                # (``known_last=last`` would change nothing: ``last`` is the position).
-                # A follower also gives up on a stream whose events key vanished after
-                # it delivered from it (deleted, or expired with its meta): nothing
-                # after ``last`` was lost, but no terminal event can come any more
-                # (and a new subscriber to an expired stream is told ``gone`` too).
-                if page.gone or (page.missing and last > ZERO):
+                fresh = st.on_page(page, last)
+                if isinstance(fresh, Refuse):
                     log.warning("stream %s: history after %s is gone", st.stream_id, last)
-                    self._close(st, (protocol.GONE, catchup.gone_message(st.stream_id, last)))
+                    self._close(st, (fresh.code, fresh.message))
                     return
-                # A direct delivery may have moved the position during the read.
-                fresh = [e for e in page.entries if id_of(e[0]) > st.last]
                 if fresh:
-                    self.deliver(st, fresh)
-                if page.complete and st.gen == gen:
+                    self._deliver(st, fresh)
+                if st.read_finished(page, gen):
                     return
         finally:
             st.reading = False
@@ -362,10 +352,7 @@ class Hub:
             except RedisUnavailable:
                 return
             for st, lid in zip(batch, last_ids, strict=True):
-                if st.closed or st.last is None:
-                    continue
-                if (lid is None and st.last > ZERO) or (
-                    lid is not None and lid != st.last_raw and id_of(lid) > st.last
-                ):
+                if not st.closed and st.behind(lid):
                     log.info("stream %s: behind its meta; re-reading", st.stream_id)
-                    self._bump(st)
+                    if st.request_read():
+                        self._start_read(st)

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
@@ -29,9 +28,6 @@ from websockets.protocol import State
 from gateway.metrics import Metrics
 from gateway.session import Session
 from streamfan.protocol import CLOSE_REASONS, LINE_SEPARATOR, CloseCode
-
-if TYPE_CHECKING:
-    from gateway.hub import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +100,6 @@ class Peer:
         "_scheduled",
         "close_timeout_s",
         "session",
-        "subs",
         "ws",
     )
 
@@ -121,8 +116,6 @@ class Peer:
     ) -> None:
         self.ws = ws
         self.session = session
-        #: The hub's subscriptions of this socket, by stream id.
-        self.subs: dict[str, Subscription] = {}
         self.close_timeout_s = close_timeout_s
         self._flusher = flusher
         self._metrics = metrics

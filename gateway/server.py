@@ -121,7 +121,7 @@ class Gateway:
             "open_connections": ("Open WebSocket connections", lambda: len(self.peers)),
             "subscriptions": (
                 "Subscriptions held by open connections",
-                lambda: sum(len(p.subs) for p in self.peers),
+                lambda: self._hub_().subscription_count(),
             ),
             "streams": ("Streams watched on pub/sub", lambda: len(self._hub_().streams)),
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),

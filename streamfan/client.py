@@ -34,16 +34,11 @@ from streamfan.errors import (
     TokenError,
 )
 from streamfan.events import Event, decode_event
-from streamfan.history import (
-    FROM_NOW,
-    ZERO,
-    PageReader,
-    format_id,
-    gone_without_meta,
-    id_of,
-    validate_position,
-)
+from streamfan.history import PageReader
 from streamfan.keys import JOB_FUNCTION, new_stream_id, validate_stream_id
+from streamfan.positions import ZERO, format_id, parse_id, validate_position
+from streamfan.protocol import GONE
+from streamfan.recovery import Deliver, End, Read, Reader, Refuse, Wait
 from streamfan.requests import validate_chat_request
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
@@ -58,7 +53,8 @@ from streamfan.tokens import mint_token
 
 log = logging.getLogger(__name__)
 
-#: How long one blocking read waits before checking the stream still exists.
+#: How long one blocking read waits before checking the stream still exists
+#: (the page read after every wait carries the meta's status).
 BLOCK_MS = 5000
 #: Entries fetched per read.
 READ_COUNT = 1000
@@ -249,52 +245,54 @@ class Client:
         """
         validate_stream_id(stream_id)
         position = validate_position(from_)
+        reader = Reader(stream_id, position)
         await self.connect()
-        r = self.redis
         pages = self._pages()
-        meta = await read_meta(r, self.keys, stream_id)
+        meta = await read_meta(self.redis, self.keys, stream_id)
         if meta is None:
-            if gone_without_meta(position):
-                raise HistoryGone(stream_id, position)
-            raise StreamNotFound(stream_id)
-        # The meta's last_id is written in the same script as each XADD: the
-        # stream's newest entry, the same "$" the gateway resolves.
-        known_last = id_of(meta.last_id) if meta.last_id else ZERO
-        after = known_last if position == FROM_NOW else id_of(position)
-        # The terminal event is written in the same script as the finished status:
-        # once a read made after seeing that status comes back complete without
-        # it, the reader is past it and nothing more will come.
-        finished = meta.finished
+            opened = reader.open(None, ZERO)
+        else:
+            opened = reader.open(meta.status, parse_id(meta.last_id) if meta.last_id else ZERO)
+        if isinstance(opened, Refuse):
+            raise self._refusal(stream_id, opened, position)
         while True:
-            page = await pages.read(stream_id, after, READ_COUNT, known_last=known_last)
-            if page.gone:
-                raise HistoryGone(stream_id, format_id(after).decode())
-            for raw_id, data in page.entries:
-                try:
-                    event = decode_event(data)
-                except InvalidEvent as exc:
-                    log.warning("stream %s: entry %s skipped: %s", stream_id, raw_id.decode(), exc)
-                    continue
-                yield raw_id.decode(), event
-                if events.is_terminal(event):
-                    return
-            # Past the rows the page skipped too: the wait below starts after them.
-            after = page.read_to
-            if not page.complete:
-                continue
-            if finished:
+            step = reader.step()
+            if isinstance(step, End):
                 return
-            # Caught up: wait until something follows ``after``, then read it as a
-            # page (what XREAD returns was not checked for trimming: not used).
-            async with redis_errors():
-                woke = await r.xread(
-                    {self.keys.events(stream_id): format_id(after)}, count=1, block=BLOCK_MS
+            assert isinstance(step, Read | Wait)
+            if isinstance(step, Wait):
+                page = await pages.wait_and_read(
+                    stream_id,
+                    step.after,
+                    READ_COUNT,
+                    block_ms=BLOCK_MS,
+                    known_last=reader.known_last,
                 )
-            if not woke:
-                current = await read_meta(r, self.keys, stream_id)
-                if current is None:
-                    raise StreamNotFound(stream_id)
-                finished = current.finished
+            else:
+                page = await pages.read(
+                    stream_id, step.after, READ_COUNT, known_last=reader.known_last
+                )
+            out = reader.feed(page)
+            if isinstance(out, Refuse):
+                raise self._refusal(stream_id, out, format_id(step.after).decode())
+            if isinstance(out, Deliver):
+                for raw_id, data in out.entries:
+                    try:
+                        event = decode_event(data)
+                    except InvalidEvent as exc:
+                        log.warning(
+                            "stream %s: entry %s skipped: %s", stream_id, raw_id.decode(), exc
+                        )
+                        continue
+                    yield raw_id.decode(), event
+                if out.final_status is not None:
+                    return
+
+    @staticmethod
+    def _refusal(stream_id: str, refused: Refuse, position: str) -> StreamfanError:
+        if refused.code == GONE:
+            return HistoryGone(stream_id, position)
+        return StreamNotFound(stream_id)
 
     async def result(self, stream_id: str) -> Result:
         """Wait for the stream to end; return the assembled reply."""

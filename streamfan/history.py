@@ -1,9 +1,9 @@
-"""Reading a stream's history: positions, pages, and whether history is ``gone``.
+"""Reading a stream's history: pages, and whether history is ``gone``.
 
 The client API (:meth:`streamfan.Client.events`) and the gateway
 (:mod:`gateway.history`) read through the same :class:`PageReader`, so they
-cannot disagree about what a position gets. A position is ``"0"`` (everything),
-``"$"`` (only what comes next) or an entry id (everything after it).
+cannot disagree about what a position gets (positions: :mod:`streamfan.positions`).
+What a reader does with a page is decided in :mod:`streamfan.recovery`.
 
 The ``gone`` rule
 -----------------
@@ -46,82 +46,39 @@ after the rows it skipped, not before them). Whether an object is a valid event
 of a known type is the reader's own affair: the gateway relays it verbatim; the
 client API validates it.
 
-What a caller does with ``gone``, ``missing`` and the entries (an exception, an
-``error`` message, decoding) is its own affair.
+Each page also carries the meta's status at the same instant, so a reader
+learns in the same round trip that the stream finished or vanished.
+
+Waiting for more
+----------------
+
+:meth:`PageReader.wait_and_read` is how a reader with no pub/sub connection
+(the client API) follows a stream: one pipeline of ``XREAD BLOCK`` (the wait:
+what it returns is not used, since it was not checked for trimming) and the page
+script, which Redis runs on the same connection right after the wait ends. One
+round trip per wake-up, and the page obeys the same ``gone`` rule as any other.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from streamfan import scripts
-from streamfan.errors import InvalidRequest
 from streamfan.keys import EVENT_FIELD, Keys
-from streamfan.protocol import parse_position
+from streamfan.positions import ZERO, Id, format_id, parse_id
+from streamfan.positions import validate_position as validate_position
+from streamfan.recovery import Entry, Page
 from streamfan.store import redis_errors
-from streamfan.wakeup import parse_id
 
 log = logging.getLogger(__name__)
 
-FROM_START = "0"
-FROM_NOW = "$"
-
-#: An entry id as a comparable (ms, seq) pair.
-Id = tuple[int, int]
-#: (entry id as Redis wrote it, event JSON bytes)
-Entry = tuple[bytes, bytes]
-
-ZERO: Id = (0, 0)
-
 _FIELD = EVENT_FIELD.encode()
-
-
-def format_id(entry_id: Id) -> bytes:
-    return b"%d-%d" % entry_id
-
-
-def id_of(raw: bytes | str) -> Id:
-    return parse_id(raw)
-
-
-def validate_position(position: str) -> str:
-    """``"$"``, or the position as an ``ms-seq`` entry id (``"0"`` → ``"0-0"``)."""
-    normalised = parse_position(position)
-    if normalised is None:
-        raise InvalidRequest(
-            f"invalid position {position!r}: use '0', '$' or a stream entry id like 1700000000000-0"
-        )
-    return normalised
-
-
-def gone_without_meta(position: str) -> bool:
-    """For a stream with no meta: True if ``position`` names an entry (the stream
-    existed and has expired), False for ``"0"``/``"0-0"`` or ``"$"`` (not found)."""
-    return position != FROM_NOW and id_of(position) != ZERO
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """Entries strictly after a position, and what the stream looked like then."""
-
-    entries: list[Entry]
-    #: The read reached the newest entry (fewer than ``count`` came back).
-    complete: bool
-    #: The newest id in the stream when read (``0-0`` if it has none or does not exist).
-    end: Id
-    #: Entries after the position were removed before they could be read.
-    gone: bool
-    #: The stream key does not exist (never written, or expired).
-    missing: bool
-    #: The id of the newest row read, delivered or skipped (the position itself
-    #: if there was none): the next page starts after it.
-    read_to: Id
 
 
 def is_event_json(data: bytes) -> bool:
@@ -155,6 +112,7 @@ class PageReader:
     (more only to get past a full page of rows that are not events)."""
 
     def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+        self.r = r
         self.keys = keys
         self._script = r.register_script(scripts.READ_PAGE)
 
@@ -171,16 +129,34 @@ class PageReader:
         disappeared since, even if the meta went with it. Redis errors are raised
         as :class:`~streamfan.errors.RedisUnavailable`.
         """
+        return await self._read(stream_id, position, count, known_last, None)
+
+    async def wait_and_read(
+        self, stream_id: str, position: Id, count: int, *, block_ms: int, known_last: Id = ZERO
+    ) -> Page:
+        """:meth:`read`, after waiting up to ``block_ms`` for an entry after
+        ``position`` — in the same round trip (see "Waiting for more" above)."""
+        return await self._read(stream_id, position, count, known_last, block_ms)
+
+    async def _read(
+        self, stream_id: str, position: Id, count: int, known_last: Id, block_ms: int | None
+    ) -> Page:
         keys = [self.keys.meta(stream_id), self.keys.events(stream_id)]
         skipped: list[bytes] = []
         while True:
             args: list[bytes | int] = [format_id(position), count, format_id(known_last)]
             async with redis_errors():
-                exists, gone, end, rows = await self._script(keys, args)
+                if block_ms is None:
+                    exists, gone, end, rows, status = await self._script(keys, args)
+                else:
+                    exists, gone, end, rows, status = await self._blocking(
+                        keys, args, position, block_ms
+                    )
+                    block_ms = None  # a page full of skipped rows reads on at once
             entries = _entries(rows, skipped)
             complete = len(rows) < count
             if rows:
-                position = id_of(rows[-1][0])
+                position = parse_id(rows[-1][0])
             if entries or complete:
                 break
             # A full page of rows that are not events: read on from the last of
@@ -198,8 +174,27 @@ class PageReader:
         return Page(
             entries,
             complete=complete,
-            end=id_of(end),
+            end=parse_id(end),
             gone=bool(gone),
             missing=not exists,
             read_to=position,
+            status=status.decode() if status is not None else None,
         )
+
+    async def _blocking(
+        self, keys: list[str], args: list[bytes | int], position: Id, block_ms: int
+    ) -> Any:
+        # EVALSHA directly, not the Script in the pipeline: redis-py would ask
+        # SCRIPT EXISTS on every execute (a second round trip). The script is
+        # loaded once, and again after a NOSCRIPT (a restarted Redis).
+        for attempt in range(2):
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.xread({keys[1]: format_id(position)}, count=1, block=block_ms)
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)  # type: ignore[arg-type]
+                _woke, page = await pipe.execute(raise_on_error=False)
+            if not isinstance(page, redis.exceptions.NoScriptError) or attempt:
+                if isinstance(page, Exception):
+                    raise page
+                return page
+            await self.r.script_load(scripts.READ_PAGE)
+        raise AssertionError("unreachable")

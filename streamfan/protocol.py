@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Final
 import orjson
 
 from streamfan.keys import is_valid_stream_id
+from streamfan.positions import FROM_START, parse_position
 
 # --- error codes (the ``code`` of an ``error`` message) --------------------------
 
@@ -103,31 +104,6 @@ _RECONNECT_STANDARD: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
 def should_reconnect(code: int) -> bool:
     """Whether a client closed with ``code`` should reconnect and resume."""
     return code in _RECONNECT_STANDARD or 4000 <= code <= 4499
-
-
-# --- positions -----------------------------------------------------------------------
-
-FROM_START: Final = "0"
-FROM_NOW: Final = "$"
-#: Redis stream ids are two unsigned 64-bit integers.
-_U64_MAX: Final = 2**64 - 1
-
-
-def parse_position(value: object) -> str | None:
-    """``"$"``, or an entry id normalised to ``ms-seq`` (``"0"`` → ``"0-0"``); None if invalid."""
-    if not isinstance(value, str):
-        return None
-    if value == FROM_NOW:
-        return value
-    ms, sep, seq = value.partition("-")
-    if not ms.isascii() or not ms.isdigit() or len(ms) > 20:
-        return None
-    if sep and (not seq.isascii() or not seq.isdigit() or len(seq) > 20):
-        return None
-    ms_i, seq_i = int(ms), int(seq) if sep else 0
-    if ms_i > _U64_MAX or seq_i > _U64_MAX:
-        return None
-    return f"{ms_i}-{seq_i}"
 
 
 # --- client operations -----------------------------------------------------------------

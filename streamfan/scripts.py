@@ -260,8 +260,10 @@ return {1, redis.call('HGET', meta, 'cancel') or ''}
 #: ARGV: position (``ms-seq``, no leading zeros: read after it), count (>= 1),
 #:       known newest id (``ms-seq``; ``0-0`` if none).
 #: Returns {exists (0/1), gone (0/1), last_generated_id ('0-0' if no key),
-#:          rows}: rows = up to ``count`` ``XRANGE`` replies with ids greater than
-#:          the position; none when gone or when the key does not exist.
+#:          rows, status}: rows = up to ``count`` ``XRANGE`` replies with ids greater
+#:          than the position; none when gone or when the key does not exist.
+#:          status = the meta's status at the same instant (nil: no meta), so a
+#:          reader learns in the same round trip that the stream finished or vanished.
 READ_PAGE: Final = r"""
 local meta, events = KEYS[1], KEYS[2]
 local pos, count, known = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -279,11 +281,12 @@ local function before(a, b)
   return as < bs
 end
 
+local status = redis.call('HGET', meta, 'status') or false
 if redis.call('EXISTS', events) == 0 then
   local newest = redis.call('HGET', meta, 'last_id') or '0-0'
   if before(newest, known) then newest = known end
-  if before(pos, newest) then return {0, 1, '0-0', {}} end
-  return {0, 0, '0-0', {}}
+  if before(pos, newest) then return {0, 1, '0-0', {}, status} end
+  return {0, 0, '0-0', {}, status}
 end
 local info = redis.call('XINFO', 'STREAM', events)
 local f = {}
@@ -293,12 +296,12 @@ local removed = tonumber(f['entries-added'] or 0) > tonumber(f['length'] or 0)
 local first = nil
 if type(f['first-entry']) == 'table' then first = f['first-entry'][1] end
 if removed and before(pos, last) and (first == nil or before(pos, first)) then
-  return {1, 1, last, {}}
+  return {1, 1, last, {}, status}
 end
 -- From the position itself (inclusive, so even the largest id is a valid start),
 -- dropping its own entry if it is still there.
 local rows = redis.call('XRANGE', events, pos, '+', 'COUNT', count + 1)
 if #rows > 0 and rows[1][1] == pos then table.remove(rows, 1) end
 if #rows > count then rows[#rows] = nil end
-return {1, 0, last, rows}
+return {1, 0, last, rows, status}
 """

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FIRST_PREV_ID = b"0-0"
-
 
 @dataclass(frozen=True, slots=True)
 class Wakeup:
@@ -47,12 +45,3 @@ def decode_wakeup(payload: bytes) -> Wakeup | None:
     it = iter(parts[1:])
     entries = tuple(zip(it, it, strict=True))
     return Wakeup(prev_id=parts[0], entries=entries)
-
-
-def parse_id(entry_id: bytes | str) -> tuple[int, int]:
-    """A stream entry id as a comparable (ms, seq) pair; raises ValueError if invalid."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    ms, sep, seq = text.partition("-")
-    if not ms.isdigit() or (sep and not seq.isdigit()):
-        raise ValueError(f"invalid stream entry id {text!r}")
-    return int(ms), int(seq) if sep else 0

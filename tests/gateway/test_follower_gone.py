@@ -29,7 +29,7 @@ async def test_a_live_follower_of_a_stream_whose_keys_vanish_is_told_gone(
 
     def in_step() -> bool:
         st = gateway.hub.streams.get(player.stream_id)
-        return st is not None and bool(st.subs)
+        return st is not None and bool(st.in_step)
 
     await eventually(in_step)
     keys = gw_settings.keys

@@ -25,7 +25,8 @@ from streamfan import client as client_module
 from streamfan import events
 from streamfan.client import Client
 from streamfan.events import encode_event
-from streamfan.history import PageReader, id_of, is_event_json
+from streamfan.history import PageReader, is_event_json
+from streamfan.positions import parse_id
 from streamfan.settings import Settings
 
 #: Pages of four: a few foreign rows fill one.
@@ -108,16 +109,16 @@ async def test_a_page_never_comes_back_empty_unless_it_reached_the_end(
     real = await real_ids(aredis, gw_settings, player.stream_id)
     pages = PageReader(aredis, gw_settings.keys)
     # From the start event: 20 foreign rows (five pages of 4), then the first delta.
-    page = await pages.read(player.stream_id, id_of(real[0]), 4)
+    page = await pages.read(player.stream_id, parse_id(real[0]), 4)
     assert [eid.decode() for eid, _ in page.entries] == real[1:5]
     assert not page.complete
-    assert page.read_to == id_of(real[4])
+    assert page.read_to == parse_id(real[4])
     # Foreign rows to the end: an empty page, but complete, and past them.
     tail = await aredis.xadd(gw_settings.keys.events(player.stream_id), {"x": b"1"})
-    page = await pages.read(player.stream_id, id_of(ids[-1]), 4)
+    page = await pages.read(player.stream_id, parse_id(ids[-1]), 4)
     assert page.entries == []
     assert page.complete
-    assert page.read_to == id_of(tail)
+    assert page.read_to == parse_id(tail)
 
 
 async def test_both_readers_read_past_pages_of_foreign_rows_from_any_position(
@@ -181,7 +182,7 @@ async def test_a_live_follower_is_read_past_foreign_rows_when_a_wakeup_was_lost(
 
     def in_step() -> bool:
         st = gw.hub.streams.get(player.stream_id)
-        return st is not None and bool(st.subs)
+        return st is not None and bool(st.in_step)
 
     await eventually(in_step)
     await add_foreign(aredis, gw_settings, player.stream_id, 2)

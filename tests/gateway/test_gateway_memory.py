@@ -61,7 +61,7 @@ async def test_a_stream_nobody_watches_is_not_kept_alive_by_the_safety_net(
     )
     await client.until(lambda m: m["op"] == "event")  # the start event
     # StreamState has no __weakref__ slot: watch the subscriber set it owns.
-    subs = weakref.ref(gateway.hub.streams[player.stream_id].subs)
+    subs = weakref.ref(gateway.hub.streams[player.stream_id].in_step)
     async with asyncio.timeout(WAIT_S):
         await checked.wait()  # the safety net looked at the quiet stream
     await client.ws.close()
