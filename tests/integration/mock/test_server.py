@@ -15,9 +15,9 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 
-from streamfan.mock_records import ABORTED, COMPLETE, DROPPED
-from streamfan.mock_script import BOM, MALFORMED_DATA
-from streamfan.mock_upstream import MockUpstream
+from streamfan.mock.records import ABORTED, COMPLETE, DROPPED
+from streamfan.mock.script import BOM, MALFORMED_DATA
+from streamfan.mock.server import MockUpstream
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -523,7 +523,7 @@ async def test_the_openai_sdk_reads_a_non_streaming_completion(mock: MockUpstrea
 
 
 def test_the_command_prints_its_port_and_serves() -> None:
-    argv = [sys.executable, "-m", "streamfan.cli", "mock-upstream", "--port", "0", "--reply", "Hi"]
+    argv = [sys.executable, "-m", "cli", "mock-upstream", "--port", "0", "--reply", "Hi"]
     with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None
@@ -549,7 +549,7 @@ def test_the_command_explains_a_port_in_use() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        argv = [sys.executable, "-m", "streamfan.cli", "mock-upstream", "--port", port]
+        argv = [sys.executable, "-m", "cli", "mock-upstream", "--port", port]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1
     assert "cannot listen on 127.0.0.1:" in proc.stderr

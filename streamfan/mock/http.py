@@ -5,7 +5,7 @@
 connection. It understands what OpenAI clients send: a request line, header
 fields, a ``Content-Length`` body and ``Expect: 100-continue``. Anything else is
 refused with an :class:`HTTPError` carrying the status to answer (400, 413, 431,
-501, 505) rather than guessed at. No sockets here: ``mock_upstream`` does the I/O.
+501, 505) rather than guessed at. No sockets here: ``server`` does the I/O.
 """
 
 from __future__ import annotations

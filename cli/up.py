@@ -26,9 +26,9 @@ from pathlib import Path
 
 import httpx
 
+from cli.redis_server import RedisServer, free_port
 from streamfan.client import Client
 from streamfan.errors import StreamfanError
-from streamfan.redis_server import RedisServer, free_port
 from streamfan.settings import Settings
 
 #: How long a child may take to become ready.
@@ -74,7 +74,7 @@ class Up:
 
     def _spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamfan.cli", *argv],
+            [sys.executable, "-m", "cli", *argv],
             env=self.env,
             # Own process group: a terminal's Ctrl-C reaches `up` alone, which then
             # stops the children in order.

@@ -9,7 +9,7 @@ and :attr:`Script.expected_usage` say what a correct client assembles from them.
 
 :meth:`Script.plan` turns the chunks into timed SSE byte strings plus how the body
 ends, with the requested fault applied. Nothing here does I/O or reads a clock:
-the server (``mock_respond``, ``mock_pacer``) only executes the plan.
+the server (``respond``, ``pacer``) only executes the plan.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from streamfan.mock_options import (
+from streamfan.mock.options import (
     DEFAULT_STREAM_ERROR,
     Defaults,
     Fault,
     Options,
     parse_options,
 )
-from streamfan.mock_text import count_prompt_tokens, generate_tokens, tokenize
+from streamfan.mock.text import count_prompt_tokens, generate_tokens, tokenize
 
 SYSTEM_FINGERPRINT = "fp_mock"
 #: The data of the ``malformed`` fault's event: JSON cut short, as a broken proxy might.

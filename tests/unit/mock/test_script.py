@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfan.mock_options import Defaults, MockOptionError
-from streamfan.mock_pacer import split_sends
-from streamfan.mock_script import BOM, MALFORMED_DATA, Ending, Script, Send
-from streamfan.mock_text import count_prompt_tokens, generate_tokens, tokenize
+from streamfan.mock.options import Defaults, MockOptionError
+from streamfan.mock.pacer import split_sends
+from streamfan.mock.script import BOM, MALFORMED_DATA, Ending, Script, Send
+from streamfan.mock.text import count_prompt_tokens, generate_tokens, tokenize
 
 MESSAGES = [{"role": "user", "content": "Say something, please."}]
 

@@ -20,8 +20,8 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 
-from streamfan.mock_http import LAST_CHUNK, chunk_frame
-from streamfan.mock_script import Send
+from streamfan.mock.http import LAST_CHUNK, chunk_frame
+from streamfan.mock.script import Send
 
 #: Delay between split pieces when none is asked: enough to put each in its own
 #: loop iteration (after the selector ran), without slowing a test down.

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfan.mock_http import (
+from streamfan.mock.http import (
     HTTPError,
     Request,
     RequestParser,

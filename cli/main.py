@@ -19,17 +19,17 @@ from streamfan.errors import ConfigError, StreamfanError
 #: command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": (
-        "streamfan.up",
+        "cli.up",
         "run everything on this machine (Redis, mock upstream, worker, gateway)",
     ),
     "worker": ("worker.cli", "run an arq worker that streams chat jobs into Redis"),
     "gateway": ("gateway.cli", "run the WebSocket gateway"),
-    "submit": ("streamfan.commands", "enqueue a chat job; print its stream id and token"),
-    "tail": ("streamfan.commands", "print a stream's content as it arrives"),
-    "token": ("streamfan.commands", "mint a subscribe token"),
-    "status": ("streamfan.commands", "print a stream's meta"),
-    "cancel": ("streamfan.commands", "cancel a running job"),
-    "mock-upstream": ("streamfan.mock_upstream", "OpenAI-compatible scripted SSE server"),
+    "submit": ("cli.commands", "enqueue a chat job; print its stream id and token"),
+    "tail": ("cli.commands", "print a stream's content as it arrives"),
+    "token": ("cli.commands", "mint a subscribe token"),
+    "status": ("cli.commands", "print a stream's meta"),
+    "cancel": ("cli.commands", "cancel a running job"),
+    "mock-upstream": ("streamfan.mock.server", "OpenAI-compatible scripted SSE server"),
 }
 
 EXIT_ERROR = 1

@@ -4,7 +4,7 @@ Serves ``POST /v1/chat/completions`` (SSE when ``stream`` is true, else a
 ``chat.completion``), ``GET /v1/models``, and for tests run as a separate process
 ``GET /_mock/requests`` (what it saw) and ``POST /_mock/reset``. What each reply
 says, how fast, and what goes wrong comes from the server's :class:`Defaults` and
-the request's ``"mock"`` field (every option is described in ``mock_options``).
+the request's ``"mock"`` field (every option is described in ``options``).
 
 In-process use::
 
@@ -35,7 +35,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from streamfan.errors import StreamfanError
-from streamfan.mock_http import (
+from streamfan.mock.http import (
     CONTINUE,
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
@@ -45,15 +45,15 @@ from streamfan.mock_http import (
     encode_response,
     openai_error,
 )
-from streamfan.mock_options import MAX_TOTAL_TOKENS, Defaults
-from streamfan.mock_records import (
+from streamfan.mock.options import MAX_TOTAL_TOKENS, Defaults
+from streamfan.mock.records import (
     DISCONNECTED,
     RECORD_LIMIT,
     Recorder,
     RequestRecord,
     Selector,
 )
-from streamfan.mock_respond import READ_SIZE, Connection, Responder
+from streamfan.mock.respond import READ_SIZE, Connection, Responder
 
 log = logging.getLogger(__name__)
 
