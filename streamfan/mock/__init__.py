@@ -17,6 +17,12 @@ Exports: :class:`MockUpstream` (the server; ``async with MockUpstream() as mock`
 makes the mock say, for computing the expected message), :class:`RequestRecord`
 (one request as seen), :class:`MockOptionError`, and the outcomes a record ends
 with (``COMPLETE``, ``DROPPED``, ``DISCONNECTED``, ``ABORTED``).
+
+Modules, pure first: ``options`` (the ``mock`` field), ``text`` (tokens),
+``reply`` (what each choice says), ``script`` (chunks and bytes, faults applied),
+``plan`` (timed writes), ``http`` (the wire); then the I/O: ``records`` (what it
+saw), ``pacer`` (one timer for every stream), ``respond`` (one response),
+``server`` (connections and routing).
 """
 
 from __future__ import annotations

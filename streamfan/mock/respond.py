@@ -31,7 +31,8 @@ from streamfan.mock.http import (
     openai_error,
 )
 from streamfan.mock.options import DEFAULT_STREAM_ERROR, Defaults, Fault, MockOptionError
-from streamfan.mock.pacer import PacedStream, Pacer, split_sends
+from streamfan.mock.pacer import PacedStream, Pacer
+from streamfan.mock.plan import Ending, Send, split_sends
 from streamfan.mock.records import (
     ABORTED,
     COMPLETE,
@@ -40,7 +41,7 @@ from streamfan.mock.records import (
     Recorder,
     RequestRecord,
 )
-from streamfan.mock.script import BOM, MALFORMED_DATA, Ending, Script, Send
+from streamfan.mock.script import BOM, MALFORMED_DATA, Script
 
 READ_SIZE = 64 * 1024
 
