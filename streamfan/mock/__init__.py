@@ -23,6 +23,9 @@ Modules, pure first: ``options`` (the ``mock`` field), ``text`` (tokens),
 ``plan`` (timed writes), ``http`` (the wire); then the I/O: ``records`` (what it
 saw), ``pacer`` (one timer for every stream), ``respond`` (one response),
 ``server`` (connections and routing).
+
+HTTP: requests are parsed by h11; responses are written as raw bytes, because the
+faults are responses no HTTP library will write (see :mod:`streamfan.mock.http`).
 """
 
 from __future__ import annotations

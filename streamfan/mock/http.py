@@ -1,20 +1,30 @@
-"""The HTTP/1.1 core of the mock upstream: request parsing and response encoding (pure).
+"""The HTTP/1.1 wire of the mock upstream: requests parsed by h11, responses as raw bytes.
 
 :class:`RequestParser` takes bytes in (``feed``) and hands complete requests out
 (``next_request``), keeping whatever follows for the next request of a keep-alive
-connection. It understands what OpenAI clients send: a request line, header
-fields, a ``Content-Length`` body and ``Expect: 100-continue``. Anything else is
-refused with an :class:`HTTPError` carrying the status to answer (400, 413, 431,
-501, 505) rather than guessed at. No sockets here: ``server`` does the I/O.
+connection. The parsing is h11's (request line, header fields, ``Content-Length``
+and chunked bodies, ``Expect: 100-continue``); this module adds the mock's limits
+and refusals: a request that cannot be served raises :class:`HTTPError` with the
+status to answer (400, 413, 431, 501, 505) rather than being guessed at.
+
+Responses are encoded here by hand (``encode_head``, ``encode_response``,
+``chunk_frame``), not through ``h11.Connection.send``: the faults the mock exists
+for are responses no correct HTTP library writes — a body cut short of its
+``Content-Length``, a chunked body that never ends, a connection closed or reset
+mid-chunk — and the pacer writes pre-framed chunks of a thousand streams straight
+to their transports from one timer. h11 would refuse the first and add a state
+machine per write to the second. So each request cycle gets a fresh h11
+connection that only reads; what it did not consume (a pipelined next request)
+seeds the next one. No sockets here: :mod:`streamfan.mock.server` does the I/O.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import h11
 import orjson
 
 MAX_HEADER_BYTES = 16 * 1024
@@ -45,10 +55,7 @@ REASONS = {
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 #: The zero-length chunk that ends a chunked body.
 LAST_CHUNK = b"0\r\n\r\n"
-
-# RFC 9110 token characters (method, field names).
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (\S+) HTTP/(\d)\.(\d)")
+_VERSIONS = {b"1.0": (1, 0), b"1.1": (1, 1)}
 
 
 class HTTPError(Exception):
@@ -95,109 +102,106 @@ class Request:
         return "keep-alive" in tokens
 
 
-@dataclass(slots=True)
-class _Head:
-    method: str
-    target: str
-    version: tuple[int, int]
-    headers: tuple[tuple[str, str], ...]
-    length: int
-    expect_continue: bool
-
-
 class RequestParser:
-    """Incremental request parser for one connection: ``feed()`` bytes, ``next_request()``."""
+    """Incremental request parser for one connection: ``feed()`` bytes, ``next_request()``.
+
+    ``max_header_bytes`` bounds the request line and header fields together (431
+    beyond it), ``max_body_bytes`` the body, declared or chunked (413).
+    """
 
     def __init__(
         self, *, max_header_bytes: int = MAX_HEADER_BYTES, max_body_bytes: int = MAX_BODY_BYTES
     ) -> None:
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
-        self._buffer = bytearray()
-        self._head: _Head | None = None
+        self._pending = bytearray()  # received, not yet handed to h11
+        self._conn: h11.Connection | None = None  # the current request's reader
+        self._fed = 0  # bytes handed to the current reader
+        self._head: h11.Request | None = None
+        self._body = bytearray()
 
     def feed(self, data: bytes) -> None:
-        self._buffer += data
+        self._pending += data
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Bytes received and not yet handed out as a request (body so far included)."""
+        return len(self._pending) + self._fed
 
     @property
     def expects_continue(self) -> bool:
-        """A head asked for ``100 Continue`` and its body has not fully arrived."""
-        return self._head is not None and self._head.expect_continue
+        """A head asked for ``100 Continue`` and none of its body has arrived yet."""
+        return self._conn is not None and self._conn.they_are_waiting_for_100_continue
 
     def next_request(self) -> Request | None:
         """The next complete request, or None if more bytes are needed."""
-        if self._head is None:
-            # RFC 9112 2.2: ignore empty lines before a request line.
-            while self._buffer[:2] == b"\r\n":
-                del self._buffer[:2]
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self._buffer) > self.max_header_bytes:
+        if self._conn is None:
+            # RFC 9112 2.2: ignore empty lines before a request line (h11 does not).
+            while self._pending[:2] == b"\r\n" or self._pending[:1] == b"\n":
+                del self._pending[: 2 if self._pending[:1] == b"\r" else 1]
+            if not self._pending or self._pending == b"\r":
+                return None
+            self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+            self._fed = 0
+        conn = self._conn
+        while True:
+            self._hand_over(conn)
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HTTPError(exc.error_status_hint, str(exc)) from None
+            if event is h11.NEED_DATA:
+                if self._head is None and self._fed >= self.max_header_bytes:
                     raise HTTPError(431, "request header fields too large")
                 return None
-            if end + 4 > self.max_header_bytes:
-                raise HTTPError(431, "request header fields too large")
-            self._head = self._parse_head(bytes(self._buffer[:end]))
-            del self._buffer[: end + 4]
-        head = self._head
-        if len(self._buffer) < head.length:
-            return None
-        body = bytes(self._buffer[: head.length])
-        del self._buffer[: head.length]
-        self._head = None
-        return Request(head.method, head.target, head.version, head.headers, body)
+            if isinstance(event, h11.Request):
+                self._head = self._check_head(event)
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > self.max_body_bytes:
+                    raise HTTPError(413, f"request body larger than {self.max_body_bytes} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return self._finish(conn)
+            else:  # pragma: no cover - PAUSED comes after EndOfMessage, ConnectionClosed after EOF
+                raise AssertionError(f"unexpected h11 event {event!r}")
 
-    def _parse_head(self, raw: bytes) -> _Head:
-        lines = raw.split(b"\r\n")
-        match = _REQUEST_LINE.fullmatch(lines[0])
-        if match is None:
-            raise HTTPError(400, "malformed request line")
-        version = (int(match.group(3)), int(match.group(4)))
-        if version not in ((1, 0), (1, 1)):
+    def _hand_over(self, conn: h11.Connection) -> None:
+        """Give h11 what it may read: within the header limit until the head is in."""
+        room = len(self._pending)
+        if self._head is None:
+            # h11 checks its limit only while a head is incomplete: a whole oversized
+            # head arriving in one read would pass, so it never sees more than ours.
+            room = min(room, self.max_header_bytes - self._fed)
+        if room > 0:
+            conn.receive_data(bytes(self._pending[:room]))
+            del self._pending[:room]
+            self._fed += room
+
+    def _check_head(self, head: h11.Request) -> h11.Request:
+        if head.http_version not in _VERSIONS:
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-        if len(lines) - 1 > MAX_HEADER_FIELDS:
+        if len(head.headers) > MAX_HEADER_FIELDS:
             raise HTTPError(431, "too many header fields")
-        headers = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            # No obsolete line folding, no whitespace before the colon (RFC 9112 5.1).
-            if not colon or _TOKEN.fullmatch(name) is None:
-                raise HTTPError(400, "malformed header field")
-            try:
-                text = value.strip(b" \t").decode("latin-1")
-            except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes every byte
-                raise HTTPError(400, "malformed header field") from None
-            headers.append((name.decode("ascii").lower(), text))
-        fields = dict(headers)
-        if "transfer-encoding" in fields:
-            # OpenAI clients send Content-Length; without chunked decoding we could
-            # not find where the body ends, so refuse rather than misread.
-            raise HTTPError(501, "chunked request bodies are not supported")
-        lengths = {v.strip() for k, v in headers if k == "content-length"}
-        length = 0
-        if lengths:
-            if len(lengths) > 1 or not next(iter(lengths)).isdigit():
-                raise HTTPError(400, "invalid Content-Length")
-            length = int(next(iter(lengths)))
-            if length > self.max_body_bytes:
+        for name, value in head.headers:
+            # h11 has checked the value is one number, the same in every field.
+            if name == b"content-length" and int(value) > self.max_body_bytes:
                 raise HTTPError(413, f"request body larger than {self.max_body_bytes} bytes")
-        expect = fields.get("expect", "").lower() == "100-continue" and version >= (1, 1)
-        return _Head(
-            method=match.group(1).decode("ascii"),
-            target=match.group(2).decode("latin-1"),
-            version=version,
-            headers=tuple(headers),
-            length=length,
-            expect_continue=expect and length > 0,
-        )
+        return head
 
-    def body_pending(self) -> bool:
-        """Whether a parsed head still waits for (more of) its body."""
-        return self._head is not None
+    def _finish(self, conn: h11.Connection) -> Request:
+        head, body = self._head, bytes(self._body)
+        assert head is not None
+        # What h11 read past this request is the start of the next one.
+        self._pending[:0] = conn.trailing_data[0]
+        self._conn, self._fed, self._head = None, 0, None
+        self._body.clear()
+        return Request(
+            method=head.method.decode("ascii"),
+            target=head.target.decode("latin-1"),
+            version=_VERSIONS[head.http_version],
+            headers=tuple((n.decode("ascii"), v.decode("latin-1")) for n, v in head.headers),
+            body=body,
+        )
 
 
 def encode_head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:

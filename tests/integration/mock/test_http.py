@@ -58,3 +58,13 @@ async def test_oversized_headers_and_bodies_are_refused() -> None:
         assert (await raw_exchange(server, big_head)).startswith(b"HTTP/1.1 431 ")
         big_body = request_bytes("POST", "/v1/chat/completions", b"x" * 5000)
         assert (await raw_exchange(server, big_body)).startswith(b"HTTP/1.1 413 ")
+
+
+async def test_a_chunked_request_body_is_served(mock: MockUpstream) -> None:
+    body = orjson.dumps(chat({"reply": "chunked"}, stream=False))
+    head = request_bytes("POST", "/v1/chat/completions", close=True).removesuffix(b"\r\n")
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in (body[:7], body[7:])) + b"0\r\n\r\n"
+    data = await raw_exchange(mock, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    head_out, _, reply = data.partition(b"\r\n\r\n")
+    assert head_out.startswith(b"HTTP/1.1 200 OK")
+    assert orjson.loads(reply)["choices"][0]["message"]["content"] == "chunked"
