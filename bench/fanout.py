@@ -14,7 +14,7 @@ For each C, each server runs two phases with fresh streams:
 ``fixed`` the producer writes at ``--fixed-rate`` per stream (default 20, an LLM's
           token rate): latency at the load streamfan exists for.
 
-Servers: ``streamfan`` (``python -m streamfan.cli gateway``), ``ceiling`` and
+Servers: ``streamfan`` (``python -m cli gateway``), ``ceiling`` and
 ``naive`` (:mod:`bench.servers`).
 """
 

@@ -32,9 +32,9 @@ from bench.profile_split import split_file
 from bench.report import progress
 from bench.sse_decoder import openai_body
 from bench.ttft import body
+from cli.redis_server import free_port
 from streamfan.client import Client
 from streamfan.keys import Keys
-from streamfan.redis_server import free_port
 from streamfan.settings import Settings
 from worker.sse import SSEDecoder
 

@@ -22,7 +22,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from bench.machine import raise_nofile
-from streamfan.redis_server import RedisServer
+from cli.redis_server import RedisServer
 
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +129,7 @@ class Children:
         env = child_env(redis_url=redis_url, **settings)
         child = await self.start(
             "gateway",
-            [PY, "-m", "streamfan.cli", "gateway", "--port", "0", "--insecure-no-auth"],
+            [PY, "-m", "cli", "gateway", "--port", "0", "--insecure-no-auth"],
             env,
         )
         while True:
@@ -138,9 +138,7 @@ class Children:
                 return child, text.removeprefix("listening on ").strip()
 
     async def mock_upstream(self) -> tuple[Child, str]:
-        child = await self.start(
-            "mock-upstream", [PY, "-m", "streamfan.cli", "mock-upstream", "--port", "0"]
-        )
+        child = await self.start("mock-upstream", [PY, "-m", "cli", "mock-upstream", "--port", "0"])
         while True:
             text = await child.line(30)
             if "listening on " in text:
@@ -157,7 +155,7 @@ class Children:
             worker_metrics_port=metrics_port,
             **settings,
         )
-        child = await self.start("worker", [PY, "-m", "streamfan.cli", "worker"], env)
+        child = await self.start("worker", [PY, "-m", "cli", "worker"], env)
         r = aioredis.Redis.from_url(redis_url)
         try:
             async with httpx.AsyncClient() as http:

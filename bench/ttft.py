@@ -23,9 +23,9 @@ from bench.machine import CpuMeter, machine_info
 from bench.procs import Children, redis_for, scrape
 from bench.report import progress
 from bench.wsclient import WSClient
+from cli.redis_server import free_port
 from streamfan import protocol
 from streamfan.client import Client
-from streamfan.redis_server import free_port
 from streamfan.settings import Settings
 
 

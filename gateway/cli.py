@@ -16,15 +16,17 @@ import signal
 import sys
 
 from gateway.server import Gateway, connection_log
-from streamfan.settings import Settings
+from streamfan.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="listen address (STREAMFAN_HOST, default 127.0.0.1)")
+    parser.add_argument("--host", help=f"listen address (STREAMFAN_HOST, default {DEFAULT_HOST})")
     parser.add_argument(
-        "--port", type=int, help="listen port, 0 picks a free one (STREAMFAN_PORT, default 8765)"
+        "--port",
+        type=int,
+        help=f"listen port, 0 picks a free one (STREAMFAN_PORT, default {DEFAULT_PORT})",
     )
     parser.add_argument("--redis-url", help="Redis URL (STREAMFAN_REDIS_URL)")
     parser.add_argument(

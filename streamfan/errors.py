@@ -7,7 +7,7 @@
     ├── InvalidStreamId             an id that does not match ^[A-Za-z0-9._:-]{1,128}$
     ├── InvalidRequest              a chat request body that cannot be submitted
     ├── InvalidEvent                bytes that are not a valid streamfan event
-    ├── MockOptionError             a bad ``mock`` option (streamfan.mock_options)
+    ├── MockOptionError             a bad ``mock`` option (streamfan.mock.options)
     ├── StreamNotFound              no meta for this stream id
     ├── HistoryGone                 the position asked for was trimmed or expired
     ├── RedisUnavailable            Redis could not be reached (translated at the I/O edge)

@@ -20,6 +20,9 @@ from streamfan.errors import ConfigError
 from streamfan.keys import DEFAULT_PREFIX, Keys
 
 ENV_PREFIX = "STREAMFAN_"
+#: Where a gateway listens unless told (``streamfan up`` starts its first one there too).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -168,8 +171,8 @@ class Settings:
     )
 
     # --- gateway ----------------------------------------------------------------
-    host: str = setting("127.0.0.1", "Gateway listen address", str)
-    port: int = setting(8765, "Gateway listen port (0 = pick a free one)", _port)
+    host: str = setting(DEFAULT_HOST, "Gateway listen address", str)
+    port: int = setting(DEFAULT_PORT, "Gateway listen port (0 = pick a free one)", _port)
     insecure_no_auth: bool = setting(False, "Serve without tokens (development only)", _bool)
     allowed_origins: tuple[str, ...] = setting(
         (), "Comma-separated Origins allowed to open a WebSocket (empty = any)", _csv

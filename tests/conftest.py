@@ -15,7 +15,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from streamfan.redis_server import RedisServer
+from cli.redis_server import RedisServer
 from streamfan.settings import Settings
 
 #: 32+ bytes: PyJWT warns (and warnings are errors here) on shorter HMAC keys.

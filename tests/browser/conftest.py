@@ -66,7 +66,7 @@ def output_dir() -> Path:
 
 
 class GatewayProcess:
-    """``python -m streamfan.cli gateway`` as a child process; restartable on its port."""
+    """``python -m cli gateway`` as a child process; restartable on its port."""
 
     def __init__(self, settings: Settings, log_path: Path) -> None:
         self.settings = settings
@@ -90,7 +90,7 @@ class GatewayProcess:
             log.write(f"--- start #{self.starts} on port {self.port}\n")
             log.flush()
             return subprocess.Popen(
-                [sys.executable, "-m", "streamfan.cli", "gateway", "--port", str(self.port)],
+                [sys.executable, "-m", "cli", "gateway", "--port", str(self.port)],
                 env=self._env(),
                 stdout=subprocess.PIPE,
                 stderr=log,

@@ -18,7 +18,7 @@ from playwright.async_api import Browser, Page
 from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 from streamfan.client import Client
-from streamfan.mock_upstream import MockUpstream
+from streamfan.mock.server import MockUpstream
 from streamfan.settings import Settings
 from tests.integration.conftest import RunningWorker
 

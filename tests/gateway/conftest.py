@@ -31,12 +31,12 @@ import pytest
 import redis.asyncio as aioredis
 from websockets.asyncio.client import ClientConnection, connect
 
+from cli.redis_server import RedisServer
 from gateway import Gateway, Tuning
 from streamfan import events, protocol
 from streamfan.errors import RedisUnavailable
 from streamfan.events import Event
 from streamfan.keys import new_stream_id
-from streamfan.redis_server import RedisServer
 from streamfan.settings import Settings
 from streamfan.store import create_meta
 from streamfan.tokens import mint_token
@@ -329,7 +329,7 @@ class GatewayProcess:
 
     def __init__(self, settings: Settings, *extra: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamfan.cli", "gateway", "--port", "0", *extra],
+            [sys.executable, "-m", "cli", "gateway", "--port", "0", *extra],
             env=settings_env(settings),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

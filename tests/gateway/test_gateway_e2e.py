@@ -10,7 +10,7 @@ from conftest import WsClient, token
 
 from gateway import Gateway
 from streamfan.client import Client
-from streamfan.mock_upstream import MockUpstream
+from streamfan.mock.server import MockUpstream
 from streamfan.settings import Settings
 from tests.integration.conftest import RunningWorker
 

@@ -145,7 +145,7 @@ def test_the_gateway_command_refuses_to_run_without_a_secret(gw_settings: Settin
     env = settings_env(gw_settings)
     env["STREAMFAN_JWT_SECRET"] = ""
     proc = subprocess.run(
-        [sys.executable, "-m", "streamfan.cli", "gateway", "--port", "0"],
+        [sys.executable, "-m", "cli", "gateway", "--port", "0"],
         env=env,
         capture_output=True,
         text=True,

@@ -11,10 +11,10 @@ import httpx
 import redis.asyncio as aioredis
 from conftest import Player, WsClient, eventually, token
 
+from cli.redis_server import RedisServer
 from gateway import Gateway
 from gateway.live import CLIENT_NAME as LIVE_NAME
 from gateway.server import READ_CLIENT_NAME
-from streamfan.redis_server import RedisServer
 from streamfan.settings import Settings
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from streamfan.client import Client
-from streamfan.mock_script import Script
-from streamfan.mock_upstream import MockUpstream
+from streamfan.mock.script import Script
+from streamfan.mock.server import MockUpstream
 from streamfan.settings import Settings
 from worker.app import StreamfanWorker, make_worker_settings
 from worker.job import STATE_KEY, WorkerState
@@ -86,7 +86,7 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamfan.cli", "worker"],
+            [sys.executable, "-m", "cli", "worker"],
             env=env,
         )
 

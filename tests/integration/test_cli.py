@@ -31,7 +31,7 @@ async def streamfan(settings: Settings, *args: str, env: dict[str, str] | None =
     full_env = settings_env(settings)
     full_env.update(env or {})
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamfan.cli", *args,
+        sys.executable, "-m", "cli", *args,
         env=full_env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

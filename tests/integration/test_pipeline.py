@@ -18,7 +18,7 @@ from prometheus_client import generate_latest
 from streamfan.client import Client, Result
 from streamfan.errors import HistoryGone, InvalidRequest, InvalidStreamId, StreamNotFound
 from streamfan.events import Event
-from streamfan.mock_upstream import MockUpstream
+from streamfan.mock.server import MockUpstream
 from streamfan.serialization import job_serializer
 from streamfan.settings import Settings
 

@@ -53,7 +53,7 @@ async def test_up_serves_a_reply_to_the_cli_and_a_websocket_and_stops_cleanly_on
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFAN_")}
     env.pop("OPENAI_API_KEY", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "streamfan.cli", "up", "--port", "0",
+        sys.executable, "-m", "cli", "up", "--port", "0",
         "--data-dir", str(tmp_path / "data"),
         env=env, stdout=asyncio.subprocess.PIPE, cwd=tmp_path,
     )  # fmt: skip
@@ -77,7 +77,7 @@ async def test_up_serves_a_reply_to_the_cli_and_a_websocket_and_stops_cleanly_on
 
         # The terminal: tail prints the whole reply.
         tail = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamfan.cli", "tail", stream_id,
+            sys.executable, "-m", "cli", "tail", stream_id,
             env=cli_env, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         tail_out, _ = await asyncio.wait_for(tail.communicate(), 60)
@@ -102,7 +102,7 @@ async def test_up_serves_a_reply_to_the_cli_and_a_websocket_and_stops_cleanly_on
 
         # And a new prompt submitted with the CLI streams through it too.
         follow = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "streamfan.cli", "submit", "another one", "--follow",
+            sys.executable, "-m", "cli", "submit", "another one", "--follow",
             env=cli_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await asyncio.wait_for(follow.communicate(), 60)

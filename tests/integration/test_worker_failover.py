@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from streamfan.client import Client
-from streamfan.mock_upstream import MockUpstream
+from streamfan.mock.server import MockUpstream
 from streamfan.settings import Settings
 
 from .conftest import WorkerProcess, expected_message

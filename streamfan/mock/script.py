@@ -1,93 +1,38 @@
-"""What the mock upstream says: a request body and server defaults become exact chunks (pure).
+"""What the mock upstream says, chunk by chunk: a request body and server defaults become bytes.
 
 :meth:`Script.from_request` reads the OpenAI fields that shape a reply (``model``,
 ``n``, ``stream``, ``stream_options.include_usage``) and the mock's own options from
 the extra top-level field ``"mock"`` (what the OpenAI SDK sends with
-``extra_body={"mock": {...}}``). The result is deterministic: the same body and
-defaults give the same chunks, byte for byte, and :meth:`Script.expected_message`
-and :attr:`Script.expected_usage` say what a correct client assembles from them.
+``extra_body={"mock": {...}}``; see :mod:`streamfan.mock.options`). What each choice
+says comes from :mod:`streamfan.mock.reply`; this module cuts it into
+``chat.completion.chunk`` objects, times them, and encodes them. The result is
+deterministic: the same body and defaults give the same chunks, byte for byte, and
+:meth:`Script.expected_message` and :attr:`Script.expected_usage` say what a correct
+client assembles from them.
 
 :meth:`Script.plan` turns the chunks into timed SSE byte strings plus how the body
-ends, with the requested fault applied. Nothing here does I/O or reads a clock:
-the server (``mock_respond``, ``mock_pacer``) only executes the plan.
+ends (a :class:`~streamfan.mock.plan.Plan`), with the requested fault applied.
+Nothing here does I/O or reads a clock: the server (:mod:`streamfan.mock.respond`,
+:mod:`streamfan.mock.pacer`) only executes the plan.
 """
 
 from __future__ import annotations
 
-import enum
 import itertools
-import operator
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import orjson
 
-from streamfan.mock_options import (
-    DEFAULT_STREAM_ERROR,
-    Defaults,
-    Fault,
-    Options,
-    parse_options,
-)
-from streamfan.mock_text import count_prompt_tokens, generate_tokens, tokenize
+from streamfan.mock.options import DEFAULT_STREAM_ERROR, Defaults, Fault, Options, parse_options
+from streamfan.mock.plan import Ending, Plan, coalesce
+from streamfan.mock.reply import Choice, ExpectedMessage, build_choices, build_usage
+from streamfan.mock.text import count_prompt_tokens
 
 SYSTEM_FINGERPRINT = "fp_mock"
 #: The data of the ``malformed`` fault's event: JSON cut short, as a broken proxy might.
 MALFORMED_DATA = b'{"id": "chatcmpl-mock", "choices": [{"delta": {"content": "oops'
 BOM = b"\xef\xbb\xbf"
-
-
-@dataclass(frozen=True, slots=True)
-class ExpectedMessage:
-    """What a correct client assembles for one choice."""
-
-    content: str | None
-    reasoning_content: str | None
-    refusal: str | None
-    tool_calls: tuple[Mapping[str, Any], ...]
-    finish_reason: str
-
-    def as_message(self) -> dict[str, Any]:
-        """The OpenAI ``message`` object (as in a non-streaming ``chat.completion``)."""
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": self.content,
-            "refusal": self.refusal,
-        }
-        if self.reasoning_content is not None:
-            message["reasoning_content"] = self.reasoning_content
-        if self.tool_calls:
-            message["tool_calls"] = [dict(call) for call in self.tool_calls]
-        return message
-
-
-class Ending(enum.Enum):
-    """How the response body ends once every :class:`Send` was written."""
-
-    END = "end"  # the terminating chunk: a clean end of the body
-    DROP = "drop"  # close the connection without ending the body
-    RESET = "reset"  # close with a TCP RST
-    STALL = "stall"  # send nothing more (keep-alive comments aside) until the client leaves
-
-
-class Send(NamedTuple):
-    """Bytes to write ``at`` seconds after the response started; ``chunks`` chunk objects."""
-
-    at: float
-    data: bytes
-    chunks: int
-
-
-class Plan:
-    """The writes of one streaming body, made as they are iterated, and how it ends."""
-
-    def __init__(self, sends: Callable[[], Iterator[Send]], ending: Ending) -> None:
-        self._sends = sends
-        self.ending = ending
-
-    def __iter__(self) -> Iterator[Send]:
-        return self._sends()
 
 
 class _Item(NamedTuple):
@@ -99,16 +44,6 @@ class _Item(NamedTuple):
     delta: dict[str, Any]
     finish: str | None
     last: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Choice:
-    index: int
-    content: tuple[str, ...] | None
-    reasoning: tuple[str, ...]
-    refusal: tuple[str, ...]
-    tool_calls: tuple[tuple[str, str, tuple[str, ...]], ...]  # (id, name, argument pieces)
-    finish_reason: str
 
 
 class Script:
@@ -130,23 +65,10 @@ class Script:
         self.include_usage = options.include_usage
         self.n = options.n
         self.fault: Fault | None = options.fault
-        self._choices = tuple(self._build_choice(i) for i in range(options.n))
-        completion = sum(self._choice_tokens(c) for c in self._choices)
-        reasoning = sum(len(c.reasoning) for c in self._choices)
-        usage: dict[str, Any] = {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": prompt_tokens + completion,
-            "prompt_tokens_details": {"cached_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": reasoning},
-        }
-        if options.usage_overrides:
-            usage.update(options.usage_overrides)
-            if "total_tokens" not in options.usage_overrides:
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        self.usage: dict[str, Any] | None = usage if options.send_usage else None
+        self._choices = build_choices(options)
+        self.usage: dict[str, Any] | None = build_usage(options, prompt_tokens, self._choices)
         # Every choice streams side by side; the reply lasts as long as the longest.
-        longest = max((self._choice_tokens(c) for c in self._choices), default=0)
+        longest = max((c.tokens for c in self._choices), default=0)
         rate = options.tokens_per_s
         self.duration_s = options.ttft_s + (max(longest - 1, 0) / rate if rate else 0.0)
         self._prefix = b"".join(
@@ -183,50 +105,9 @@ class Script:
 
     # --- the reply --------------------------------------------------------------
 
-    def _build_choice(self, index: int) -> _Choice:
-        o = self.options
-        content: tuple[str, ...] | None = None
-        if o.reply is not None:
-            content = tuple(tokenize(o.reply[index]))
-        elif o.reply_tokens is not None:
-            content = generate_tokens(o.reply_tokens, o.seed + index)
-        calls = tuple(
-            (call.id or f"call_mock_{index}_{i}", call.name, tuple(tokenize(call.arguments)))
-            for i, call in enumerate(o.tool_calls)
-        )
-        finish = o.finish_reason or ("tool_calls" if calls else "stop")
-        return _Choice(
-            index=index,
-            content=content,
-            reasoning=tuple(tokenize(o.reasoning[index])) if o.reasoning else (),
-            refusal=tuple(tokenize(o.refusal[index])) if o.refusal else (),
-            tool_calls=calls,
-            finish_reason=finish,
-        )
-
-    @staticmethod
-    def _choice_tokens(c: _Choice) -> int:
-        # A tool call's name counts as one token, like its header chunk.
-        calls = sum(1 + len(pieces) for _, _, pieces in c.tool_calls)
-        return len(c.content or ()) + len(c.reasoning) + len(c.refusal) + calls
-
     def expected_message(self, index: int = 0) -> ExpectedMessage:
         """The message a client should assemble for choice ``index`` (fault or not)."""
-        c = self._choices[index]
-        return ExpectedMessage(
-            content=None if c.content is None else "".join(c.content),
-            reasoning_content="".join(c.reasoning) if c.reasoning else None,
-            refusal="".join(c.refusal) if c.refusal else None,
-            tool_calls=tuple(
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": name, "arguments": "".join(pieces)},
-                }
-                for call_id, name, pieces in c.tool_calls
-            ),
-            finish_reason=c.finish_reason,
-        )
+        return self._choices[index].expected()
 
     @property
     def expected_usage(self) -> dict[str, Any] | None:
@@ -279,7 +160,7 @@ class Script:
             chunk["usage"] = None
         return chunk
 
-    def _choice_steps(self, c: _Choice) -> Iterator[tuple[float, dict[str, Any], str | None]]:
+    def _choice_steps(self, c: Choice) -> Iterator[tuple[float, dict[str, Any], str | None]]:
         """(due second, delta, finish_reason) of each chunk of one choice, in order."""
         o = self.options
         per, rate, ttft = o.chunk_tokens, o.tokens_per_s, o.ttft_s
@@ -400,7 +281,7 @@ class Script:
         fault = self.fault if fault_active else None
         kind = fault.kind if fault is not None else ""
         ending = {"drop": Ending.DROP, "reset": Ending.RESET, "stall": Ending.STALL}
-        return Plan(lambda: _coalesce(self._events(fault)), ending.get(kind, Ending.END))
+        return Plan(lambda: coalesce(self._events(fault)), ending.get(kind, Ending.END))
 
     def _events(self, fault: Fault | None) -> Iterator[tuple[float, bytes, int]]:
         """(due second, bytes, chunk objects in them) of the body, fault applied."""
@@ -433,16 +314,6 @@ class Script:
             yield at, self.event(orjson.dumps({"error": error})), 0
         if (not cut or kind == "malformed") and not o.omit_done:
             yield at, self.event(b"[DONE]"), 0
-
-
-def _coalesce(events: Iterator[tuple[float, bytes, int]]) -> Iterator[Send]:
-    """Events due at the same moment, as one write."""
-    for at, same in itertools.groupby(events, key=operator.itemgetter(0)):
-        group = list(same)
-        if len(group) == 1:
-            yield Send(*group[0])
-        else:
-            yield Send(at, b"".join([e[1] for e in group]), sum([e[2] for e in group]))
 
 
 def _prompt_filter_chunk() -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The mock upstream's HTTP/1.1 request parser and response encoding (no sockets)."""
+"""The mock upstream's HTTP/1.1 wire: requests parsed by h11, responses encoded (no sockets)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfan.mock_http import (
+from streamfan.mock.http import (
     HTTPError,
     Request,
     RequestParser,
@@ -67,8 +67,24 @@ def test_pipelined_requests_are_served_in_order() -> None:
     assert [r.method for r in requests] == ["POST", "GET", "GET"]
 
 
+@pytest.mark.parametrize("blank", [b"\r\n", b"\r\n\r\n", b"\n"])
+def test_empty_lines_before_a_request_line_are_ignored_even_when_split(blank: bytes) -> None:
+    parser = RequestParser()
+    for byte in blank:
+        parser.feed(bytes([byte]))
+        assert parser.next_request() is None
+    parser.feed(REQUEST)
+    assert parser.next_request() == parse_all(REQUEST)[0]
+
+
+def test_a_chunked_body_is_read_whole() -> None:
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    [request] = parse_all(head + b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+    assert request.body == b"hello world"
+
+
 def test_repeated_header_fields_are_joined() -> None:
-    [request] = parse_all(b"GET / HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
+    [request] = parse_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nx-a: 2\r\n\r\n")
     assert request.header("x-a") == "1, 2"
     assert request.header("missing") is None
 
@@ -76,8 +92,8 @@ def test_repeated_header_fields_are_joined() -> None:
 @pytest.mark.parametrize(
     ("head", "keep_alive"),
     [
-        (b"GET / HTTP/1.1\r\n\r\n", True),
-        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", True),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", False),
         (b"GET / HTTP/1.0\r\n\r\n", False),
         (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", True),
     ],
@@ -93,15 +109,20 @@ def test_keep_alive_follows_the_version_and_connection_header(
     ("data", "status"),
     [
         (b"GARBAGE\r\n\r\n", 400),
-        (b"GET / HTTP/2.0\r\n\r\n", 505),
-        (b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nNo-Colon\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\n folded: x\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
-        (b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413),
-        (b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 300 + b"\r\n\r\n", 431),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # RFC 9112 3.2: HTTP/1.1 needs a Host
+        (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nNo-Colon\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n folded: x\r\nHost: x\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 101\r\n\r\n", 413),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n65\r\n" + b"a" * 101,
+            413,
+        ),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: " + b"a" * 300 + b"\r\n\r\n", 431),
         (b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 300, 431),  # no end of head in sight
     ],
 )
@@ -111,9 +132,28 @@ def test_bad_requests_raise_the_status_to_answer(data: bytes, status: int) -> No
     assert info.value.status == status
 
 
+def test_more_than_a_hundred_header_fields_are_refused() -> None:
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: a\r\n" * 100 + b"\r\n"
+    with pytest.raises(HTTPError) as info:
+        parse_all(head)
+    assert info.value.status == 431
+
+
+@pytest.mark.parametrize("limit", [60, 61, 62])
+def test_the_head_limit_counts_every_byte_up_to_the_blank_line(limit: int) -> None:
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 16 + b"\r\n\r\n"
+    assert len(head) == 61
+    if limit >= len(head):
+        assert [r.path for r in parse_all(head, max_header_bytes=limit)] == ["/v1/models"]
+    else:
+        with pytest.raises(HTTPError) as info:
+            parse_all(head, max_header_bytes=limit)
+        assert info.value.status == 431
+
+
 def test_expect_continue_is_reported_until_the_body_arrives() -> None:
     parser = RequestParser()
-    parser.feed(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    parser.feed(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
     assert parser.next_request() is None
     assert parser.expects_continue
     parser.feed(b"{}")

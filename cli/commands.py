@@ -53,7 +53,7 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--cancel", action="store_true", help="also allow cancelling")
     elif name in ("status", "cancel"):
         parser.add_argument("stream_id", metavar="ID")
-    else:  # pragma: no cover - cli.py only routes the names above here
+    else:  # pragma: no cover - cli/main.py only routes the names above here
         raise ValueError(name)
 
 

@@ -6,7 +6,7 @@ once, even while it is stalled or sleeping between tokens, and marks the record
 ``disconnected``. Bytes read meanwhile are a pipelined next request, kept.
 
 The script decided every byte and when it is due; the server's
-:class:`~streamfan.mock_pacer.Pacer` writes each send at its deadline, and this
+:class:`~streamfan.mock.pacer.Pacer` writes each send at its deadline, and this
 module ends the body as the plan says: cleanly, by closing (FIN) or resetting
 (RST) the connection, or by stalling until the client goes away.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from streamfan.mock_http import (
+from streamfan.mock.http import (
     Request,
     RequestParser,
     chunk_frame,
@@ -30,9 +30,10 @@ from streamfan.mock_http import (
     encode_response,
     openai_error,
 )
-from streamfan.mock_options import DEFAULT_STREAM_ERROR, Defaults, Fault, MockOptionError
-from streamfan.mock_pacer import PacedStream, Pacer, split_sends
-from streamfan.mock_records import (
+from streamfan.mock.options import DEFAULT_STREAM_ERROR, Defaults, Fault, MockOptionError
+from streamfan.mock.pacer import PacedStream, Pacer
+from streamfan.mock.plan import Ending, Send, split_sends
+from streamfan.mock.records import (
     ABORTED,
     COMPLETE,
     DISCONNECTED,
@@ -40,7 +41,7 @@ from streamfan.mock_records import (
     Recorder,
     RequestRecord,
 )
-from streamfan.mock_script import BOM, MALFORMED_DATA, Ending, Script, Send
+from streamfan.mock.script import BOM, MALFORMED_DATA, Script
 
 READ_SIZE = 64 * 1024
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from streamfan.mock_script import Script
+from streamfan.mock.script import Script
 
 T = TypeVar("T")
 

@@ -1,73 +1,21 @@
-"""The mock upstream over real sockets: httpx, raw HTTP, the OpenAI SDK and the command."""
+"""The mock upstream over real sockets: replies, auth, faults, the client going away."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import orjson
 import pytest
-from openai import AsyncOpenAI
 
-from streamfan.mock_records import ABORTED, COMPLETE, DROPPED
-from streamfan.mock_script import BOM, MALFORMED_DATA
-from streamfan.mock_upstream import MockUpstream
+from streamfan.mock.records import ABORTED, COMPLETE, DROPPED
+from streamfan.mock.script import BOM, MALFORMED_DATA
+from streamfan.mock.server import MockUpstream
+
+from .support import AUTH, chat, read_all, read_until, sse_data
 
 pytestmark = pytest.mark.timeout(30)
-
-AUTH = {"Authorization": "Bearer sk-test"}
-MESSAGES = [{"role": "user", "content": "Hello"}]
-
-
-@pytest.fixture
-async def mock() -> AsyncIterator[MockUpstream]:
-    async with MockUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-async def http(mock: MockUpstream) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=mock.base_url, headers=AUTH, timeout=10) as client:
-        yield client
-
-
-def chat(mock: dict[str, Any] | None = None, **body: Any) -> dict[str, Any]:
-    request: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True}
-    request.update(body)
-    if mock is not None:
-        request["mock"] = mock
-    return request
-
-
-def sse_data(body: bytes) -> list[bytes]:
-    text = body.removeprefix(BOM).replace(b"\r\n", b"\n")
-    return [
-        line[6:] for block in text.split(b"\n\n") for line in block.split(b"\n")
-        if line.startswith(b"data: ")
-    ]  # fmt: skip
-
-
-async def read_all(http: httpx.AsyncClient, body: dict[str, Any]) -> tuple[httpx.Response, bytes]:
-    async with http.stream("POST", "/chat/completions", json=body) as response:
-        data = b"".join([part async for part in response.aiter_bytes()])
-    return response, data
-
-
-async def read_until(response: httpx.Response, predicate: Any) -> bytes:
-    """Read the body until ``predicate(bytes so far)`` holds (the response stays open)."""
-    got = b""
-    async with contextlib.aclosing(response.aiter_raw()) as parts:
-        async for part in parts:
-            got += part
-            if predicate(got):
-                return got
-    raise AssertionError(f"the body ended first: {got!r}")
 
 
 # --- replies --------------------------------------------------------------------------
@@ -368,73 +316,7 @@ async def test_stopping_the_server_aborts_streams_in_flight() -> None:
     assert server.requests[0].outcome == ABORTED
 
 
-# --- raw HTTP -------------------------------------------------------------------------
-
-
-async def raw_exchange(mock: MockUpstream, data: bytes) -> bytes:
-    """Send ``data`` and read until the server closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", mock.port)
-    try:
-        writer.write(data)
-        return await reader.read(-1)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
-def request_bytes(method: str, path: str, body: bytes = b"", *, close: bool = False) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
-    if body:
-        head += f"Content-Length: {len(body)}\r\n"
-    if close:
-        head += "Connection: close\r\n"
-    return head.encode() + b"\r\n" + body
-
-
-async def test_pipelined_requests_are_answered_in_order_on_one_connection(
-    mock: MockUpstream,
-) -> None:
-    stream = orjson.dumps(chat({"reply": "one", "tokens_per_s": 100}))
-    data = await raw_exchange(
-        mock,
-        request_bytes("POST", "/v1/chat/completions", stream)
-        + request_bytes("GET", "/v1/models", close=True),
-    )
-    assert data.count(b"HTTP/1.1 200 OK") == 2
-    assert data.index(b"[DONE]") < data.index(b'"object":"list"')
-
-
-async def test_an_http_1_0_client_gets_a_raw_body_ended_by_close(mock: MockUpstream) -> None:
-    body = orjson.dumps(chat({"reply": "old school"}))
-    request = request_bytes("POST", "/v1/chat/completions", body).replace(b"HTTP/1.1", b"HTTP/1.0")
-    head, _, data = (await raw_exchange(mock, request)).partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 OK")
-    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
-    record = await mock.wait_done(0)
-    assert data == (record.script or pytest.fail()).sse_body()
-
-
-async def test_expect_continue_gets_an_interim_response(mock: MockUpstream) -> None:
-    body = orjson.dumps(chat(stream=False))
-    head = request_bytes("POST", "/v1/chat/completions", close=True).removesuffix(b"\r\n")
-    head += f"Expect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", mock.port)
-    try:
-        writer.write(head)
-        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
-        writer.write(body)
-        assert (await reader.read(-1)).startswith(b"HTTP/1.1 200 OK")
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
-async def test_oversized_headers_and_bodies_are_refused() -> None:
-    async with MockUpstream(max_header_bytes=1024, max_body_bytes=1000) as server:
-        big_head = b"GET /v1/models HTTP/1.1\r\nX: " + b"a" * 2000 + b"\r\n\r\n"
-        assert (await raw_exchange(server, big_head)).startswith(b"HTTP/1.1 431 ")
-        big_body = request_bytes("POST", "/v1/chat/completions", b"x" * 5000)
-        assert (await raw_exchange(server, big_body)).startswith(b"HTTP/1.1 413 ")
+# --- what it saw -------------------------------------------------------------------
 
 
 async def test_the_requests_endpoint_summarises_what_was_seen(
@@ -450,107 +332,3 @@ async def test_the_requests_endpoint_summarises_what_was_seen(
     assert summary[0]["headers"]["authorization"] == "Bearer [redacted]"
     assert (await http.post(mock.url + "/_mock/reset")).status_code == 200
     assert (await http.get(mock.url + "/_mock/requests")).json() == []
-
-
-# --- the OpenAI SDK -------------------------------------------------------------------
-
-
-async def test_the_openai_sdk_streams_content_and_usage(mock: MockUpstream) -> None:
-    async with AsyncOpenAI(base_url=mock.base_url, api_key="sk-test", max_retries=0) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "Hi"}],
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_body={"mock": {"reply_tokens": 30, "tokens_per_s": 1000, "fault_key": "sdk"}},
-        )
-        content, usage = "", None
-        async for chunk in stream:
-            if chunk.choices:
-                content += chunk.choices[0].delta.content or ""
-            if chunk.usage is not None:
-                usage = chunk.usage
-    record = await mock.wait_done("sdk")
-    assert record.script is not None
-    assert content == record.script.expected_message().content
-    assert "🙂" in content
-    assert usage is not None and usage.model_dump(exclude_none=True) == record.script.expected_usage
-    assert record.authorization == "Bearer sk-test"
-    assert record.body["stream_options"] == {"include_usage": True}
-
-
-async def test_the_openai_sdk_assembles_tool_calls_of_several_choices(mock: MockUpstream) -> None:
-    calls = [{"name": "get_weather", "arguments": '{"city": "São Paulo"}'}, {"name": "noop"}]
-    async with AsyncOpenAI(base_url=mock.base_url, api_key="sk-test", max_retries=0) as client:
-        stream = await client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "Weather?"}],
-            stream=True,
-            n=2,
-            extra_body={"mock": {"tool_calls": calls, "reasoning": "Look it up."}},
-        )
-        got: dict[int, dict[int, dict[str, str]]] = {0: {}, 1: {}}
-        finish = {}
-        async for chunk in stream:
-            for choice in chunk.choices:
-                for call in choice.delta.tool_calls or ():
-                    slot = got[choice.index].setdefault(call.index, {"name": "", "arguments": ""})
-                    assert call.function is not None
-                    slot["name"] += call.function.name or ""
-                    slot["arguments"] += call.function.arguments or ""
-                if choice.finish_reason:
-                    finish[choice.index] = choice.finish_reason
-    script = (await mock.wait_done(0)).script
-    assert script is not None
-    for index in (0, 1):
-        expected = [dict(c["function"]) for c in script.expected_message(index).tool_calls]
-        assert [got[index][i] for i in sorted(got[index])] == expected
-    assert finish == {0: "tool_calls", 1: "tool_calls"}
-
-
-async def test_the_openai_sdk_reads_a_non_streaming_completion(mock: MockUpstream) -> None:
-    async with AsyncOpenAI(base_url=mock.base_url, api_key="sk-test", max_retries=0) as client:
-        completion = await client.chat.completions.create(
-            model="gpt-4o-mini",
-            messages=[{"role": "user", "content": "Hi"}],
-            extra_body={"mock": {"reply": "Bonjour, ça va ?"}},
-        )
-    assert completion.choices[0].message.content == "Bonjour, ça va ?"
-    assert completion.usage is not None and completion.usage.completion_tokens > 0
-
-
-# --- the command ----------------------------------------------------------------------
-
-
-def test_the_command_prints_its_port_and_serves() -> None:
-    argv = [sys.executable, "-m", "streamfan.cli", "mock-upstream", "--port", "0", "--reply", "Hi"]
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
-        try:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            match = re.search(r"(http://127\.0\.0\.1:(\d+))/v1", line)
-            assert match is not None, line
-            assert int(match.group(2)) > 0
-            with httpx.Client(base_url=match.group(0), headers=AUTH, timeout=10) as client:
-                reply = client.post("/chat/completions", json=chat(stream=False))
-                summary = client.get(match.group(1) + "/_mock/requests").json()
-        finally:
-            proc.terminate()
-            _, stderr = proc.communicate(timeout=10)
-    assert reply.json()["choices"][0]["message"]["content"] == "Hi"
-    assert [s["outcome"] for s in summary] == [COMPLETE]
-    assert proc.returncode == 0, stderr
-
-
-def test_the_command_explains_a_port_in_use() -> None:
-    import socket
-
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = str(taken.getsockname()[1])
-        argv = [sys.executable, "-m", "streamfan.cli", "mock-upstream", "--port", port]
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1
-    assert "cannot listen on 127.0.0.1:" in proc.stderr
-    assert "Traceback" not in proc.stderr

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import httpx
 
+from cli.redis_server import RedisServer, free_port
 from streamfan.client import Client
 from streamfan.errors import StreamfanError
-from streamfan.redis_server import RedisServer, free_port
-from streamfan.settings import Settings
+from streamfan.settings import DEFAULT_HOST, DEFAULT_PORT, Settings
 
 #: How long a child may take to become ready.
 START_TIMEOUT_S = 30.0
@@ -46,12 +46,12 @@ class _StopRequested(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address of every server")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address of every server")
     parser.add_argument(
         "--port",
         type=int,
-        default=8765,
-        help="first gateway's port (0 = free ports); gateway i uses PORT+i",
+        default=DEFAULT_PORT,
+        help=f"first gateway's port (default {DEFAULT_PORT}, 0 = free ports); gateway i: PORT+i",
     )
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--gateways", type=int, default=1, help="gateway processes")
@@ -74,7 +74,7 @@ class Up:
 
     def _spawn(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamfan.cli", *argv],
+            [sys.executable, "-m", "cli", *argv],
             env=self.env,
             # Own process group: a terminal's Ctrl-C reaches `up` alone, which then
             # stops the children in order.

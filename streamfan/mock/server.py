@@ -1,10 +1,12 @@
-"""``streamfan mock-upstream``: an OpenAI-compatible server with scripted replies and faults.
+"""The mock upstream's server: an OpenAI-compatible HTTP server with scripted replies and faults.
 
 Serves ``POST /v1/chat/completions`` (SSE when ``stream`` is true, else a
 ``chat.completion``), ``GET /v1/models``, and for tests run as a separate process
 ``GET /_mock/requests`` (what it saw) and ``POST /_mock/reset``. What each reply
 says, how fast, and what goes wrong comes from the server's :class:`Defaults` and
-the request's ``"mock"`` field (every option is described in ``mock_options``).
+the request's ``"mock"`` field (every option is described in
+:mod:`streamfan.mock.options`). The ``streamfan mock-upstream`` command
+(``cli/mock.py``) runs one.
 
 In-process use::
 
@@ -15,27 +17,25 @@ In-process use::
 
 One asyncio task per connection plus, while a response is being written, one that
 watches the socket, so a client that goes away is noticed at once, even while the
-reply is stalled or sleeping between tokens. Chunk bytes are encoded before the
-first is sent and each write is paced by one sleep until a deadline computed from
-the response's start, so pacing does not drift and costs little per chunk.
+reply is stalled or sleeping between tokens. Chunks are encoded as they come due
+and written by the server's one pacing timer (:mod:`streamfan.mock.pacer`) at
+deadlines computed from each response's start, so pacing does not drift and costs
+little per chunk.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import logging
-import signal
 import weakref
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
 
 from streamfan.errors import StreamfanError
-from streamfan.mock_http import (
+from streamfan.mock.http import (
     CONTINUE,
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
@@ -45,18 +45,19 @@ from streamfan.mock_http import (
     encode_response,
     openai_error,
 )
-from streamfan.mock_options import MAX_TOTAL_TOKENS, Defaults
-from streamfan.mock_records import (
+from streamfan.mock.options import Defaults
+from streamfan.mock.records import (
     DISCONNECTED,
     RECORD_LIMIT,
     Recorder,
     RequestRecord,
     Selector,
 )
-from streamfan.mock_respond import READ_SIZE, Connection, Responder
+from streamfan.mock.respond import READ_SIZE, Connection, Responder
 
 log = logging.getLogger(__name__)
 
+#: Where ``streamfan mock-upstream`` listens unless told (the class itself defaults to port 0).
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8700
 #: Listen backlog: benchmarks open a thousand connections at once.
@@ -292,102 +293,3 @@ class MockUpstream:
 def _models_body() -> bytes:
     data = [{"id": m, "object": "model", "created": 0, "owned_by": "streamfan"} for m in MODELS]
     return orjson.dumps({"object": "list", "data": data})
-
-
-# --- the command ------------------------------------------------------------------
-
-
-def _non_negative(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {raw!r}")
-    return value
-
-
-def _int_in(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = lo - 1
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer {lo}..{hi}, got {raw!r}")
-        return value
-
-    return parse
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = Defaults()
-    add = parser.add_argument
-    add("--host", default=DEFAULT_HOST, help=f"listen address (default {DEFAULT_HOST})")
-    add(
-        "--port",
-        type=_int_in(0, 65535),
-        default=DEFAULT_PORT,
-        help=f"listen port (default {DEFAULT_PORT}; 0 picks a free one and prints it)",
-    )
-    add("--api-key", help="accept only this bearer token (default: any non-empty one)")
-    add("--no-auth", action="store_true", help="accept requests without Authorization")
-    add("--model", default=d.model, help=f"model named when a request has none ({d.model})")
-    add("--reply", help="the reply text (default: generated lorem-style text)")
-    add(
-        "--reply-tokens",
-        type=_int_in(0, MAX_TOTAL_TOKENS),
-        default=d.reply_tokens,
-        help=f"tokens of a generated reply (default {d.reply_tokens})",
-    )
-    add(
-        "--tokens-per-s",
-        type=_non_negative,
-        default=d.tokens_per_s,
-        help="token rate per choice (default 0: as fast as possible)",
-    )
-    add("--ttft-ms", type=_non_negative, default=d.ttft_ms, help="time to first token, ms")
-    add("--chunk-tokens", type=_int_in(1, 10_000), default=d.chunk_tokens, help="tokens per chunk")
-    add(
-        "--keepalive-ms",
-        type=_non_negative,
-        default=d.keepalive_ms,
-        help="send ': keep-alive' comments after this much silence (0: never)",
-    )
-
-
-async def _serve_until_signalled(mock: MockUpstream) -> None:
-    await mock.start()
-    # One line on stdout, flushed: scripts (and `--port 0` users) read the port here.
-    print(f"streamfan mock-upstream listening on {mock.base_url}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-        await mock.stop()
-
-
-def run(args: argparse.Namespace) -> int:
-    defaults = Defaults(
-        reply=args.reply,
-        reply_tokens=args.reply_tokens,
-        tokens_per_s=args.tokens_per_s,
-        ttft_ms=args.ttft_ms,
-        chunk_tokens=args.chunk_tokens,
-        keepalive_ms=args.keepalive_ms,
-        model=args.model,
-    )
-    mock = MockUpstream(
-        args.host,
-        args.port,
-        api_key=args.api_key,
-        require_auth=not args.no_auth,
-        defaults=defaults,
-    )
-    asyncio.run(_serve_until_signalled(mock))
-    return 0

@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
-from streamfan.mock_http import LAST_CHUNK, chunk_frame
-from streamfan.mock_script import Send
+from streamfan.mock.http import LAST_CHUNK, chunk_frame
+from streamfan.mock.plan import Send
 
 #: Delay between split pieces when none is asked: enough to put each in its own
 #: loop iteration (after the selector ran), without slowing a test down.
@@ -30,14 +30,6 @@ SPLIT_YIELD_S = 1e-6
 #: streams are waiting.
 DEFAULT_TICK_S = 0.001
 DEFAULT_BUSY = 32
-
-
-def split_sends(sends: Iterable[Send], size: int) -> Iterator[Send]:
-    """``sends`` cut into ``size``-byte pieces; a send's chunk count rides on its last piece."""
-    for send in sends:
-        pieces = [send.data[i : i + size] for i in range(0, len(send.data), size)] or [b""]
-        for k, piece in enumerate(pieces):
-            yield Send(send.at, piece, send.chunks if k == len(pieces) - 1 else 0)
 
 
 class PacedStream:
@@ -58,7 +50,7 @@ class PacedStream:
         chunked: bool = True,
     ) -> None:
         self.transport = transport
-        # Sends are made as they come due (see Script.plan): pull one ahead.
+        # Sends are made as they come due (see streamfan.mock.script.Script.plan): pull one ahead.
         self._sends = iter(sends)
         self._head = next(self._sends, None)
         self.start = start

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamfan.mock_options import Defaults, MockOptionError
-from streamfan.mock_pacer import split_sends
-from streamfan.mock_script import BOM, MALFORMED_DATA, Ending, Script, Send
-from streamfan.mock_text import count_prompt_tokens, generate_tokens, tokenize
+from streamfan.mock.options import Defaults
+from streamfan.mock.plan import Ending
+from streamfan.mock.script import BOM, MALFORMED_DATA, Script
+from streamfan.mock.text import tokenize
 
 MESSAGES = [{"role": "user", "content": "Say something, please."}]
 
@@ -77,42 +77,6 @@ def expected(s: Script, index: int) -> dict[str, Any]:
         "tool_calls": e.tool_calls,
         "finish_reason": e.finish_reason,
     }
-
-
-# --- tokens ---------------------------------------------------------------------------
-
-
-@given(st.text())
-def test_tokens_join_back_into_the_text(text: str) -> None:
-    assert "".join(tokenize(text)) == text
-
-
-def test_tokens_are_words_with_their_leading_space() -> None:
-    assert tokenize("Hello, wörld 🙂!") == ["Hello", ",", " wörld", " 🙂", "!"]
-
-
-@pytest.mark.parametrize("count", [0, 1, 4, 9, 100])
-def test_generated_replies_have_exactly_the_asked_number_of_tokens(count: int) -> None:
-    assert len(generate_tokens(count)) == count
-
-
-def test_generated_replies_carry_two_three_and_four_byte_characters() -> None:
-    text = "".join(generate_tokens(4)).encode()
-    for char in ("é", "中", "🙂"):
-        assert char.encode() in text
-
-
-def test_generated_replies_depend_only_on_count_and_seed() -> None:
-    assert generate_tokens(50, 3) == generate_tokens(50, 3)
-    assert generate_tokens(50, 3) != generate_tokens(50, 4)
-
-
-def test_prompt_tokens_count_every_message_text() -> None:
-    messages = [
-        {"role": "system", "content": "Be brief."},
-        {"role": "user", "content": [{"type": "text", "text": "Hi there"}], "name": "ann"},
-    ]
-    assert count_prompt_tokens(messages) == 3 + (3 + 3) + (3 + 2 + 1)
 
 
 # --- chunks ---------------------------------------------------------------------------
@@ -398,60 +362,3 @@ def test_an_inactive_fault_changes_nothing() -> None:
     plan = s.plan(fault_active=False)
     assert plan.ending is Ending.END
     assert b"".join(send.data for send in plan) == s.sse_body()
-
-
-def test_fault_times_limits_the_fault_to_the_first_attempts() -> None:
-    s = script({"fault": "http_500", "fault_times": 2, "fault_key": "job-1"})
-    assert s.fault is not None
-    assert (s.fault.kind, s.fault.status, s.fault.name) == ("http", 500, "http_500")
-    assert [s.fault.applies(attempt) for attempt in (1, 2, 3)] == [True, True, False]
-    assert script({"fault": "drop"}).fault.applies(99)  # type: ignore[union-attr]
-
-
-def test_http_429_carries_a_retry_after_of_one_second_unless_told() -> None:
-    assert script({"fault": "http_429"}).fault.retry_after == "1"  # type: ignore[union-attr]
-    assert script({"fault": "http_429", "retry_after": 2.5}).fault.retry_after == "2.5"  # type: ignore[union-attr]
-    assert script({"fault": "http_500"}).fault.retry_after is None  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize(
-    ("mock", "option"),
-    [
-        ("nope", "mock"),
-        ({"reply_tokenz": 3}, "mock"),
-        ({"reply_tokens": -1}, "mock.reply_tokens"),
-        ({"reply_tokens": True}, "mock.reply_tokens"),
-        ({"tokens_per_s": "fast"}, "mock.tokens_per_s"),
-        ({"chunk_tokens": 0}, "mock.chunk_tokens"),
-        ({"fault": "explode"}, "mock.fault"),
-        ({"fault": "http_200"}, "mock.fault"),
-        ({"fault_times": 2, "fault": "drop"}, "mock.fault_times"),
-        ({"after": 2}, "mock.after"),
-        ({"tool_calls": [{"arguments": "{}"}]}, "mock.tool_calls[0]"),
-        ({"reply": ["a", "b"]}, "mock.reply"),
-        ({"usage": {"prompt_tokens": "many"}}, "mock.usage.prompt_tokens"),
-        ({"crlf": "yes"}, "mock.crlf"),
-    ],
-)
-def test_a_bad_option_is_an_error_naming_it(mock: Any, option: str) -> None:
-    with pytest.raises(MockOptionError) as info:
-        script(mock)
-    assert info.value.option == option
-    assert str(info.value).startswith(option + ": ")
-
-
-def test_openai_fields_are_checked_too() -> None:
-    with pytest.raises(MockOptionError, match=r"^n: "):
-        script(n=0)
-    with pytest.raises(MockOptionError, match=r"^stream: "):
-        script(stream="yes")
-
-
-def test_split_sends_cut_bytes_and_keep_chunk_counts_on_the_last_piece() -> None:
-    sends = [Send(0.0, b"abcdefg", 2), Send(1.0, b"hi", 1)]
-    assert list(split_sends(sends, 3)) == [
-        Send(0.0, b"abc", 0),
-        Send(0.0, b"def", 0),
-        Send(0.0, b"g", 2),
-        Send(1.0, b"hi", 1),
-    ]
