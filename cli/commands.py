@@ -16,8 +16,8 @@ import orjson
 
 from streamfan import events
 from streamfan.client import Client
-from streamfan.history import validate_position
 from streamfan.keys import validate_stream_id
+from streamfan.positions import validate_position
 from streamfan.settings import Settings
 
 DEFAULT_MODEL = "gpt-4o-mini"

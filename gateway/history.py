@@ -20,8 +20,8 @@ from streamfan import store
 from streamfan.errors import RedisUnavailable
 from streamfan.history import PageReader
 from streamfan.keys import Keys, Meta
+from streamfan.page import Page
 from streamfan.positions import ZERO, Id
-from streamfan.recovery import Page
 from streamfan.store import StreamMeta
 
 

@@ -31,9 +31,10 @@ from gateway.streams import StreamState, Subscription
 from gateway.tuning import Tuning
 from streamfan import protocol
 from streamfan.errors import RedisUnavailable
+from streamfan.page import Entry
 from streamfan.positions import ZERO, format_id, parse_id
 from streamfan.protocol import CloseCode
-from streamfan.recovery import Deliver, End, Entry, Join, Read, Reader, Refuse, Rewatch
+from streamfan.recovery import Deliver, End, Join, Read, Reader, Refuse, Rewatch
 from streamfan.wakeup import decode_wakeup
 
 log = logging.getLogger(__name__)

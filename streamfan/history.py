@@ -71,9 +71,8 @@ import redis.exceptions
 
 from streamfan import scripts
 from streamfan.keys import EVENT_FIELD, Keys
+from streamfan.page import Entry, Page
 from streamfan.positions import ZERO, Id, format_id, parse_id
-from streamfan.positions import validate_position as validate_position
-from streamfan.recovery import Entry, Page
 from streamfan.store import redis_errors
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,6 @@ and every other read path drive these same two machines.
    position were removed before they could be read; ``not_found``: the stream
    vanished without ending) or None.
 
-A gateway subscribes to the stream's channel *before* ``open()``: every write
-after the first read wakes the fan-out, so history and live join without a gap.
-
 :class:`Fanout` — a stream's shared live position on one gateway and who is
 with it: ``in_step`` (they have exactly everything up to ``last``), ``ahead``
 (they resumed from an id beyond ``last``: a batch gives them only what is
@@ -34,10 +31,8 @@ A wake-up whose ``prev_id`` is ``last`` is delivered straight from the message
 (it provably skips nothing); any other wake-up asks for one read from ``last``,
 at most one in flight, later ones coalesced.
 
-The terminal event written by the worker is a stream's last entry, and the
-finished status is written by the same script: a complete page read after the
-meta said "finished" has the terminal event or is past it. Rows after a
-terminal event (written by something other than streamfan) are never delivered.
+A finished status is written by the same script as the terminal event: a
+complete page read after the meta said "finished" has it or is past it.
 """
 
 from __future__ import annotations
@@ -47,32 +42,9 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from streamfan import events, protocol
+from streamfan.page import Entry, Page, through_terminal
 from streamfan.positions import FROM_NOW, ZERO, Id, format_id, parse_id, parse_position
 from streamfan.wakeup import Wakeup
-
-#: (entry id as Redis wrote it, event JSON bytes)
-Entry = tuple[bytes, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """Entries strictly after a position, and what the stream looked like then."""
-
-    entries: list[Entry]
-    #: The read reached the newest entry (fewer than ``count`` came back).
-    complete: bool
-    #: The newest id in the stream when read (``0-0`` if it has none or does not exist).
-    end: Id
-    #: Entries after the position were removed before they could be read.
-    gone: bool
-    #: The stream key does not exist (never written, or expired).
-    missing: bool
-    #: The id of the newest row read, delivered or skipped (the position itself
-    #: if there was none): the next page starts after it.
-    read_to: Id
-    #: The meta's status at the same instant (None: no meta).
-    status: str | None = None
-
 
 # --- what the machines answer ------------------------------------------------------------
 
@@ -139,21 +111,6 @@ class Rewatch:
 
 
 Step = Read | Join | Wait | End | Rewatch
-
-
-def terminal_status(event_json: bytes) -> str | None:
-    """The status a terminal event leaves (``done``…), or None for any other event."""
-    etype = protocol.event_type(event_json)
-    return events.TERMINAL_STATUS.get(etype) if etype is not None else None
-
-
-def through_terminal(entries: Sequence[Entry]) -> tuple[Sequence[Entry], str | None]:
-    """``entries`` up to and including the first terminal event, and its status."""
-    for i, (_eid, data) in enumerate(entries):
-        status = terminal_status(data)
-        if status is not None:
-            return (entries if i == len(entries) - 1 else entries[: i + 1]), status
-    return entries, None
 
 
 def gone_message(stream_id: str, after: Id) -> str:
@@ -278,6 +235,9 @@ class Reader:
             # Everything up to the end (at read time) has now been sent.
             self.known_end = page.end
             self.position = max(pos, page.end)
+        else:
+            # There is more: an end seen before (``"$"``'s) proves nothing now.
+            self.known_end = None
         return out
 
 
