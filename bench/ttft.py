@@ -20,7 +20,7 @@ import orjson
 from bench import report
 from bench.fanout import _settings
 from bench.machine import CpuMeter, machine_info
-from bench.procs import Children, redis_for, scrape
+from bench.procs import Children, add_upstream_arguments, redis_for, scrape
 from bench.report import progress
 from bench.wsclient import WSClient
 from cli.redis_server import free_port
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background-rate", type=float, default=20.0, help="their tokens/s")
     p.add_argument("--upstream-ttft-ms", type=float, default=20.0, help="the mock's own TTFT")
     p.add_argument("--skip-loaded", action="store_true", help="measure at idle only")
+    add_upstream_arguments(p)
 
 
 class Watcher(WSClient):
@@ -103,7 +104,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = []
     with redis_for(args.redis_url) as (redis_url, _pid):
         async with Children() as children:
-            _mock, upstream = await children.mock_upstream()
+            ups, upstream = await children.upstream(args.upstream, args.upstream_procs)
             port = free_port()
             worker = await children.worker(
                 redis_url, upstream, port, worker_max_jobs=args.background + 50
@@ -115,11 +116,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await ws.connect()
                 await measure(sf, ws, 5, args.upstream_ttft_ms)  # warm-up
                 progress(f"ttft: idle, {args.jobs} jobs")
-                wcpu, gcpu = CpuMeter(worker.pid).start(), CpuMeter(gw.pid).start()
+                pids = {"worker": worker.pid, "gateway": gw.pid}
+                pids.update({f"upstream-{i}": u.pid for i, u in enumerate(ups)})
+                meters = {k: CpuMeter(pid).start() for k, pid in pids.items()}
                 res = await measure(sf, ws, args.jobs, args.upstream_ttft_ms)
-                phases.append(_phase("idle", 0, res, wcpu.stop(), gcpu.stop()))
+                phases.append(_phase("idle", 0, res, meters))
                 if not args.skip_loaded and args.background > 0:
-                    phases.append(await loaded(args, sf, ws, port, worker.pid, gw.pid))
+                    phases.append(await loaded(args, sf, ws, port, pids))
                 ws.close()
     return {
         "scenario": "ttft",
@@ -132,7 +135,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def loaded(
-    args: argparse.Namespace, sf: Client, ws: Watcher, port: int, wpid: int, gpid: int
+    args: argparse.Namespace, sf: Client, ws: Watcher, port: int, pids: dict[str, int]
 ) -> dict[str, Any]:
     n, rate = args.background, args.background_rate
     progress(f"ttft: starting {n} background streams at {rate:g} tokens/s")
@@ -147,22 +150,25 @@ async def loaded(
         await asyncio.sleep(0.2)
     jobs = args.jobs if args.loaded_jobs is None else args.loaded_jobs
     progress(f"ttft: {running:.0f} streams running; {jobs} jobs")
-    wcpu, gcpu = CpuMeter(wpid).start(), CpuMeter(gpid).start()
+    meters = {k: CpuMeter(pid).start() for k, pid in pids.items()}
     res = await measure(sf, ws, jobs, args.upstream_ttft_ms)
-    out = _phase("loaded", int(running), res, wcpu.stop(), gcpu.stop())
+    out = _phase("loaded", int(running), res, meters)
     await asyncio.gather(*(sf.cancel(sid) for sid in bg))
     return out
 
 
 def _phase(
-    name: str, running: int, res: dict[str, Any], wcpu: CpuMeter, gcpu: CpuMeter
+    name: str, running: int, res: dict[str, Any], meters: dict[str, CpuMeter]
 ) -> dict[str, Any]:
+    for meter in meters.values():
+        meter.stop()
     return {
         "phase": name,
         "background_streams": running,
         **res,
-        "worker_cpu_cores": wcpu.cores,
-        "gateway_cpu_cores": gcpu.cores,
+        "worker_cpu_cores": meters["worker"].cores,
+        "gateway_cpu_cores": meters["gateway"].cores,
+        "upstream_cpu_cores": sum(m.cores for k, m in meters.items() if k.startswith("up")),
     }
 
 
@@ -176,6 +182,7 @@ def render(data: dict[str, Any]) -> str:
         "added max ms",
         "submit p50 ms",
         "worker CPU",
+        "upstream CPU",
     ]
     rows = [
         [
@@ -187,6 +194,7 @@ def render(data: dict[str, Any]) -> str:
             p["added_ms"]["max"],
             p["submit_call_ms"]["p50"],
             p["worker_cpu_cores"],
+            p["upstream_cpu_cores"],
         ]
         for p in data["phases"]
     ]
