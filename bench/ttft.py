@@ -28,6 +28,8 @@ from streamfan import protocol
 from streamfan.client import Client
 from streamfan.settings import Settings
 
+W = "streamfan_worker_"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=200, help="measured jobs at idle")
@@ -151,8 +153,16 @@ async def loaded(
     jobs = args.jobs if args.loaded_jobs is None else args.loaded_jobs
     progress(f"ttft: {running:.0f} streams running; {jobs} jobs")
     meters = {k: CpuMeter(pid).start() for k, pid in pids.items()}
+    m0 = await scrape(port)
     res = await measure(sf, ws, jobs, args.upstream_ttft_ms)
+    m1 = await scrape(port)
     out = _phase("loaded", int(running), res, meters)
+    # The admission signals at the end of the phase, and the jobs declined in it.
+    out["worker_loop_lag_ms"] = m1.get(W + "loop_lag_seconds", 0.0) * 1000
+    out["worker_cpu_signal_cores"] = m1.get(W + "cpu_cores", 0.0)
+    out["jobs_declined"] = m1.get(W + "jobs_declined_total", 0.0) - m0.get(
+        W + "jobs_declined_total", 0.0
+    )
     await asyncio.gather(*(sf.cancel(sid) for sid in bg))
     return out
 

@@ -305,3 +305,31 @@ if #rows > 0 and rows[1][1] == pos then table.remove(rows, 1) end
 if #rows > count then rows[#rows] = nil end
 return {1, 0, last, rows, status}
 """
+
+#: Worker: :data:`BEGIN` and the attempt's first events in one call, so a new
+#: stream's ``start`` waits for no second round trip. When BEGIN answers ``run``,
+#: writes ``reset`` (when earlier attempts wrote events) and ``start``. The attempt
+#: number is known only here, so the events come as JSON prefixes that end just
+#: before it (the last field of each).
+#: ARGV: BEGIN's ten, then start_prefix, reset_prefix
+#: Returns BEGIN's replies, ``run`` extended: {'run', attempt, had_events,
+#: cancel_reason_or_empty, seq_after, id*}.
+assert BEGIN.startswith(_COMMON)
+BEGIN_START: Final = (
+    _COMMON
+    + "local function begin()\n"
+    + BEGIN[len(_COMMON) :]
+    + r"""
+end
+local claim = begin()
+if claim[1] ~= 'run' then return claim end
+local evs = {}
+if claim[3] == 1 then evs[#evs + 1] = ARGV[12] .. claim[2] .. '}' end
+evs[#evs + 1] = ARGV[11] .. claim[2] .. '}'
+local ids = append(ARGV[10], evs, 1, #evs)
+redis.call('HSET', meta, 'seq', #ids)
+local out = {'run', claim[2], claim[3], redis.call('HGET', meta, 'cancel') or '', #ids}
+for i = 1, #ids do out[#out + 1] = ids[i] end
+return out
+"""
+)

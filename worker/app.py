@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -18,6 +19,8 @@ from arq.connections import RedisSettings
 from streamfan.keys import JOB_FUNCTION
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
+from worker.admission import MAX_WAIT_S, Admission
+from worker.arqhold import JobStarter
 from worker.control import ControlChannel
 from worker.job import STATE_KEY, WorkerState, chat_stream
 from worker.metrics import WorkerMetrics
@@ -31,6 +34,8 @@ log = logging.getLogger(__name__)
 ARQ_MAX_TRIES = 1_000_000
 #: arq's timeout sits above ours so that our own deadline writes the error event.
 ARQ_TIMEOUT_MARGIN_S = 60.0
+#: The key of the process's :class:`~worker.admission.Admission` in arq's ``ctx``.
+ADMISSION_KEY = "streamfan_admission"
 
 
 def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
@@ -54,6 +59,8 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
             metrics=metrics,
         )
         state: WorkerState = ctx[STATE_KEY]
+        ctx[ADMISSION_KEY] = Admission(metrics)
+        ctx[ADMISSION_KEY].start()
         if s.worker_metrics_port:
             state.metrics.serve(s.host, s.worker_metrics_port)
             log.info("worker metrics on http://%s:%d/metrics", s.host, s.worker_metrics_port)
@@ -65,6 +72,7 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         state: WorkerState | None = ctx.get(STATE_KEY)
         if state is None:
             return
+        await ctx[ADMISSION_KEY].stop()
         await state.control.stop()
         await state.publisher.aclose()
         await state.upstream.aclose()
@@ -113,6 +121,9 @@ class StreamfanWorker(Worker):
         self.fallback_poll_s = poll_delay
         #: Set once started up and polling (tests and embedders wait on it).
         self.ready = asyncio.Event()
+        self._starter: JobStarter | None = None
+        #: Jobs declined and not started since (each is logged and counted once).
+        self._declined: set[str] = set()
 
     async def _poll_iteration(self) -> None:
         state: WorkerState | None = self.ctx.get(STATE_KEY)
@@ -124,3 +135,46 @@ class StreamfanWorker(Worker):
                     await asyncio.wait_for(work.wait(), self.fallback_poll_s)
             work.clear()
         await super()._poll_iteration()
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq's ``start_jobs`` with its start check and our hold in one round trip.
+
+        arq checks and marks each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC,
+        four sequential round trips; :data:`worker.arqhold.START_JOB` does the same
+        and takes the job's hold (so the attempt does not) in one. It also
+        declines a job while :class:`~worker.admission.Admission` says this worker
+        has no room, until the job has waited ``MAX_WAIT_S``. The bookkeeping
+        (semaphore, ``job_counter``, ``tasks``) is arq's own, as in its method.
+        """
+        state: WorkerState | None = self.ctx.get(STATE_KEY)
+        admission: Admission | None = self.ctx.get(ADMISSION_KEY)
+        if state is None or admission is None:
+            await super().start_jobs(job_ids)
+            return
+        if self._starter is None:
+            self._starter = JobStarter(self.pool, self.queue_name, state.publisher.lease_ms)
+        busy = admission.busy()
+        due_before = int((time.time() - MAX_WAIT_S) * 1000) if busy else None
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            outcome, score = await self._starter.start(job_id, due_before)
+            if outcome != "start":
+                self.job_counter -= 1
+                self.sem.release()
+                if outcome == "declined" and job_id not in self._declined:
+                    if len(self._declined) > 10_000:  # bounded: ids of long-gone jobs
+                        self._declined.clear()
+                    self._declined.add(job_id)
+                    state.metrics.jobs_declined.inc()
+                    log.info("declining job %s for another worker: %s", job_id, busy)
+                continue
+            self._declined.discard(job_id)
+            state.held.add(job_id)
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task

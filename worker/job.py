@@ -82,6 +82,8 @@ class WorkerState:
     upstream: Upstream
     control: ControlChannel
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    #: Jobs whose hold ``StreamfanWorker.start_jobs`` already took (worker/arqhold.py).
+    held: set[str] = field(default_factory=set)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
@@ -129,29 +131,37 @@ class Attempt:
         self.model = body.get("model") if isinstance(body, dict) else None
         self.token = f"{state.worker_id}:{uuid.uuid4().hex[:8]}"
         self.writer: AttemptWriter | None = None
+        self.held_at_start = stream_id in state.held
+        state.held.discard(stream_id)
 
     async def run(self) -> str:
         sid = self.stream_id
         pub = self.state.publisher
         try:
-            claim = await pub.begin(sid, self.token, str(self.model or ""))
+            claim = await pub.begin(
+                sid, self.token, str(self.model or ""), created=int(time.time())
+            )
         except RedisUnavailable as exc:
             log.warning("stream %s: cannot claim (%s); retrying", sid, exc)
+            await self._unhold()
             raise Retry(defer=REDIS_RETRY_S) from exc
         if claim.outcome == "busy":
             # Another worker's lease is still live (it may be dying): look again then.
+            await self._unhold()
             raise Retry(defer=claim.busy_ms / 1000 + 0.05)
         if claim.outcome != "run":
             log.info("stream %s: not run (%s)", sid, claim.outcome)
             return claim.status or claim.outcome
-        self.writer = pub.writer(sid, claim.attempt)
+        self.writer = pub.writer(sid, claim.attempt, claim.seq)
+        self.writer.cancel_requested = claim.cancel
         log.info("stream %s: attempt %d started", sid, claim.attempt)
         # Out of arq's polls, and under our lease instead of arq's job timeout
-        # (see worker/arqhold.py).
-        try:
-            await self.hold.renew()
-        except Exception as exc:  # the lease loop retries this every lease_s / 3
-            log.warning("stream %s: cannot hold the arq job: %s", sid, exc)
+        # (see worker/arqhold.py); StreamfanWorker took the hold as it started the job.
+        if not self.held_at_start:
+            try:
+                await self.hold.renew()
+            except Exception as exc:  # the lease loop retries this every lease_s / 3
+                log.warning("stream %s: cannot hold the arq job: %s", sid, exc)
         metrics = self.state.metrics
         metrics.streams_running.inc()
         outcome = "retry"
@@ -266,6 +276,12 @@ class Attempt:
         log.info("stream %s: %s", self.stream_id, status)
         return status
 
+    async def _unhold(self) -> None:
+        """Before a Retry of a job held at start: arq schedules it from its original score."""
+        if self.held_at_start:
+            with contextlib.suppress(RedisUnavailable):
+                await self.hold.before_retry()
+
     async def _release(self) -> None:
         """Give up the lease now (it expires in 1 ms) so the next attempt need not wait."""
         await self.state.publisher.renew(self.stream_id, self.token, lease_ms=1)
@@ -292,11 +308,12 @@ class Attempt:
         assert self.writer is not None
         writer = self.writer
         sid = self.stream_id
-        first: list[Event] = []
-        if claim.had_events:
-            first.append(events.reset(claim.attempt))
-        first.append(events.start(sid, str(self.model or ""), int(time.time()), claim.attempt))
-        await writer.write(first)
+        if not claim.seq:  # else begin() wrote them
+            first: list[Event] = []
+            if claim.had_events:
+                first.append(events.reset(claim.attempt))
+            first.append(events.start(sid, str(self.model or ""), int(time.time()), claim.attempt))
+            await writer.write(first)
         body = validate_chat_request(self.body)
         decoder = SSEDecoder()
         translator = Translator(secrets=[self.settings.upstream_api_key or ""])

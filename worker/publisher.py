@@ -62,6 +62,16 @@ class Claim:
     had_events: bool = False
     status: str = ""
     busy_ms: int = 0
+    #: With ``created``: events already written by the claim (``reset``, ``start``).
+    seq: int = 0
+    cancel: str = ""
+
+
+def _before_attempt(event: Event) -> bytes:
+    """``event`` encoded up to its ``attempt`` value (its last field), for BEGIN_START."""
+    encoded = events.encode_event(event)
+    assert encoded.endswith(b'"attempt":0}'), encoded
+    return encoded[:-2]
 
 
 def _s(value: Any) -> str:
@@ -81,6 +91,7 @@ class Publisher:
         self.settings = settings
         self.keys: Keys = settings.keys
         self._begin = r.register_script(scripts.BEGIN)
+        self._begin_start = r.register_script(scripts.BEGIN_START)
         self._append = r.register_script(scripts.APPEND)
         self._renew = r.register_script(scripts.RENEW)
         self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
@@ -97,15 +108,25 @@ class Publisher:
     def retention_ms(self) -> int:
         return int(self.settings.retention_s * 1000)
 
-    async def begin(self, stream_id: str, token: str, model: str) -> Claim:
+    async def begin(
+        self, stream_id: str, token: str, model: str, *, created: int | None = None
+    ) -> Claim:
+        """Claim the next attempt; with ``created`` also write its ``start`` (one round trip)."""
         s = self.settings
         exhausted = events.error(
             "attempts_exhausted",
             f"gave up after {s.max_attempts} attempts",
             retryable=False,
         )
+        first: list[bytes] = []
+        if created is not None:
+            first = [
+                _before_attempt(events.start(stream_id, model, created, 0)),
+                _before_attempt(events.reset(0)),
+            ]
+        script = self._begin if created is None else self._begin_start
         async with redis_errors():
-            res = await self._begin(
+            res = await script(
                 stream_keys(self.keys, stream_id),
                 [
                     token,
@@ -118,11 +139,15 @@ class Publisher:
                     events.encode_event(events.cancelled("cancelled before start")),
                     self.retention_ms,
                     s.maxlen,
+                    *first,
                 ],
             )
         outcome = _s(res[0])
         if outcome == "run":
-            return Claim("run", attempt=int(res[1]), had_events=bool(int(res[2])))
+            attempt, had = int(res[1]), bool(int(res[2]))
+            if len(res) > 3:
+                return Claim("run", attempt, had, seq=int(res[4]), cancel=_s(res[3]))
+            return Claim("run", attempt=attempt, had_events=had)
         if outcome == "finished":
             return Claim("finished", status=_s(res[1]))
         if outcome == "busy":
@@ -141,8 +166,10 @@ class Publisher:
             )
         return bool(int(held)), _s(cancel)
 
-    def writer(self, stream_id: str, attempt: int) -> AttemptWriter:
-        return AttemptWriter(self, stream_id, attempt)
+    def writer(self, stream_id: str, attempt: int, seq: int = 0) -> AttemptWriter:
+        w = AttemptWriter(self, stream_id, attempt)
+        w.seq = seq
+        return w
 
 
 class AttemptWriter:

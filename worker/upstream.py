@@ -1,4 +1,4 @@
-"""The streaming call to the OpenAI-compatible upstream (httpx; its network backend in netbackend.py).
+"""The streaming call to the OpenAI-compatible upstream, with httpx (see also netbackend.py).
 
 ``Upstream.stream(body)`` opens ``POST {base}/chat/completions`` and yields the
 raw bytes of each network read; every httpx exception and every non-2xx answer
