@@ -312,8 +312,8 @@ return {1, 0, last, rows, status}
 #: number is known only here, so the events come as JSON prefixes that end just
 #: before it (the last field of each).
 #: ARGV: BEGIN's ten, then start_prefix, reset_prefix
-#: Returns BEGIN's replies, ``run`` extended: {'run', attempt, had_events,
-#: cancel_reason_or_empty, seq_after, id*}.
+#: Returns BEGIN's replies, ``run`` extended: {'run', attempt, had_events, seq_after, id*}
+#: (no cancel to report: BEGIN itself ends a stream whose cancel is pending).
 assert BEGIN.startswith(_COMMON)
 BEGIN_START: Final = (
     _COMMON
@@ -328,7 +328,7 @@ if claim[3] == 1 then evs[#evs + 1] = ARGV[12] .. claim[2] .. '}' end
 evs[#evs + 1] = ARGV[11] .. claim[2] .. '}'
 local ids = append(ARGV[10], evs, 1, #evs)
 redis.call('HSET', meta, 'seq', #ids)
-local out = {'run', claim[2], claim[3], redis.call('HGET', meta, 'cancel') or '', #ids}
+local out = {'run', claim[2], claim[3], #ids}
 for i = 1, #ids do out[#out + 1] = ids[i] end
 return out
 """

@@ -19,7 +19,7 @@ from arq.connections import RedisSettings
 from streamfan.keys import JOB_FUNCTION
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
-from worker.admission import MAX_WAIT_S, Admission
+from worker.admission import MAX_WAIT_S, Admission, room_key
 from worker.arqhold import JobStarter
 from worker.control import ControlChannel
 from worker.job import STATE_KEY, WorkerState, chat_stream
@@ -59,7 +59,8 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
             metrics=metrics,
         )
         state: WorkerState = ctx[STATE_KEY]
-        ctx[ADMISSION_KEY] = Admission(metrics)
+        room = (queue_redis, room_key(s.queue_name), state.worker_id)
+        ctx[ADMISSION_KEY] = Admission(metrics, room=room)
         ctx[ADMISSION_KEY].start()
         if s.worker_metrics_port:
             state.metrics.serve(s.host, s.worker_metrics_port)
@@ -134,6 +135,11 @@ class StreamfanWorker(Worker):
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(work.wait(), self.fallback_poll_s)
             work.clear()
+            nudged = state.control.take_nudged()
+            if nudged and not self.burst and self.job_counter < self.max_jobs:
+                # The jobs just submitted, before the poll finds them (a round trip
+                # less); every worker nudged tries, START_JOB lets one have each.
+                await self.start_jobs(nudged)
         await super()._poll_iteration()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
@@ -143,7 +149,8 @@ class StreamfanWorker(Worker):
         four sequential round trips; :data:`worker.arqhold.START_JOB` does the same
         and takes the job's hold (so the attempt does not) in one. It also
         declines a job while :class:`~worker.admission.Admission` says this worker
-        has no room, until the job has waited ``MAX_WAIT_S``. The bookkeeping
+        has no room and another worker claims some, until the job has waited
+        ``MAX_WAIT_S``. The bookkeeping
         (semaphore, ``job_counter``, ``tasks``) is arq's own, as in its method.
         """
         state: WorkerState | None = self.ctx.get(STATE_KEY)
@@ -154,7 +161,9 @@ class StreamfanWorker(Worker):
         if self._starter is None:
             self._starter = JobStarter(self.pool, self.queue_name, state.publisher.lease_ms)
         busy = admission.busy()
-        due_before = int((time.time() - MAX_WAIT_S) * 1000) if busy else None
+        due_before = None
+        if busy and job_ids and await admission.others_have_room():
+            due_before = int((time.time() - MAX_WAIT_S) * 1000)
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:

@@ -8,7 +8,8 @@ One pub/sub connection per process listens on two channels:
   next write and on each lease renewal.
 - ``P:jobs`` — the client API publishes there after enqueueing, so an idle
   worker polls arq's queue at once instead of at its next poll (arq only polls).
-  A lost nudge costs one poll interval, nothing more.
+  A nudge carries the job id, which ``streamfan worker`` tries to start before
+  it polls (one round trip less). A lost nudge costs one poll interval, nothing more.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: Wait before resubscribing after the pub/sub connection failed.
 RECONNECT_DELAY_S = 0.5
+#: Nudged ids kept between two polls; more are found by the poll itself.
+MAX_NUDGED = 1000
 
 
 class ControlChannel:
@@ -33,6 +36,8 @@ class ControlChannel:
         self.jobs_channel = jobs_channel.encode()
         #: Set when a job was enqueued; the worker's poll loop clears it.
         self.work_available = asyncio.Event()
+        #: Job ids nudged since the poll loop last took them (see :meth:`take_nudged`).
+        self.nudged: list[bytes] = []
         self._waiters: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self.subscribed = asyncio.Event()
@@ -45,6 +50,10 @@ class ControlChannel:
 
     def unwatch(self, stream_id: str) -> None:
         self._waiters.pop(stream_id, None)
+
+    def take_nudged(self) -> list[bytes]:
+        ids, self.nudged = self.nudged, []
+        return ids
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen(), name="streamfan-control-listener")
@@ -68,6 +77,9 @@ class ControlChannel:
                         await pubsub.ping()
                         continue
                     if msg.get("channel") == self.jobs_channel:
+                        data = msg.get("data")
+                        if isinstance(data, bytes) and len(self.nudged) < MAX_NUDGED:
+                            self.nudged.append(data)
                         self.work_available.set()
                         continue
                     data = msg.get("data")

@@ -153,7 +153,6 @@ class Attempt:
             log.info("stream %s: not run (%s)", sid, claim.outcome)
             return claim.status or claim.outcome
         self.writer = pub.writer(sid, claim.attempt, claim.seq)
-        self.writer.cancel_requested = claim.cancel
         log.info("stream %s: attempt %d started", sid, claim.attempt)
         # Out of arq's polls, and under our lease instead of arq's job timeout
         # (see worker/arqhold.py); StreamfanWorker took the hold as it started the job.
@@ -332,10 +331,11 @@ class Attempt:
                     # What came before a failing chunk is still the reply: keep it.
                     if batch:
                         last_content = time.monotonic()
+                        first_content = awaiting_first
                         if awaiting_first:
                             metrics.first_token.observe(last_content - asked)
                             awaiting_first = False
-                        await writer.write(batch)
+                        await writer.write(batch, alone=first_content)
                         metrics.writes.inc()
                         metrics.events_written.inc(len(batch))
                 if writer.cancel_requested:

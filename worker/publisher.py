@@ -64,7 +64,6 @@ class Claim:
     busy_ms: int = 0
     #: With ``created``: events already written by the claim (``reset``, ``start``).
     seq: int = 0
-    cancel: str = ""
 
 
 def _before_attempt(event: Event) -> bytes:
@@ -95,6 +94,7 @@ class Publisher:
         self._append = r.register_script(scripts.APPEND)
         self._renew = r.register_script(scripts.RENEW)
         self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
+        self.on_round_trip = on_round_trip
 
     async def aclose(self) -> None:
         """Stop the batcher (the Redis client is the caller's to close)."""
@@ -146,7 +146,7 @@ class Publisher:
         if outcome == "run":
             attempt, had = int(res[1]), bool(int(res[2]))
             if len(res) > 3:
-                return Claim("run", attempt, had, seq=int(res[4]), cancel=_s(res[3]))
+                return Claim("run", attempt, had, seq=int(res[3]))
             return Claim("run", attempt=attempt, had_events=had)
         if outcome == "finished":
             return Claim("finished", status=_s(res[1]))
@@ -195,8 +195,14 @@ class AttemptWriter:
         *,
         final_status: str = "",
         meta: dict[str, str] | None = None,
+        alone: bool = False,
     ) -> list[str]:
-        """Append ``batch``; with ``final_status`` the stream ends and gets its TTL."""
+        """Append ``batch``; with ``final_status`` the stream ends and gets its TTL.
+
+        ``alone``: in a round trip of its own, not the next shared one (which waits
+        for the one in flight): for a stream's first token, which its reader is
+        waiting for; once per stream, so it costs the others nothing.
+        """
         if not batch and not final_status:
             return []
         # After an interrupted write the position is unknown: let the script
@@ -204,7 +210,7 @@ class AttemptWriter:
         seq: int | str = "" if self._unsure else self.seq
         for tries in range(1, WRITE_TRIES + 1):
             try:
-                res = await self._send(batch, seq, final_status, meta)
+                res = await self._send(batch, seq, final_status, meta, alone)
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 # The script may or may not have run: retrying with the same seq
@@ -244,13 +250,21 @@ class AttemptWriter:
         raise PublishError(f"stream {self.stream_id}: write refused ({outcome})")
 
     async def _send(
-        self, batch: list[Event], seq: int | str, final_status: str, meta: dict[str, str] | None
+        self,
+        batch: list[Event],
+        seq: int | str,
+        final_status: str,
+        meta: dict[str, str] | None,
+        alone: bool = False,
     ) -> Any:
         pub = self.publisher
         if not final_status and not meta:
-            # The hot path: shares its round trip with every other stream's.
-            encoded = [events.encode_event(e) for e in batch]
-            return await pub.batcher.append(record(self._key_base, self.attempt, seq, encoded))
+            if not alone:
+                # The hot path: shares its round trip with every other stream's.
+                encoded = [events.encode_event(e) for e in batch]
+                return await pub.batcher.append(record(self._key_base, self.attempt, seq, encoded))
+            if pub.on_round_trip is not None:  # an append of its own is one too
+                pub.on_round_trip(1)
         pairs: list[str] = []
         for field, value in (meta or {}).items():
             pairs += [field, value]
