@@ -99,21 +99,33 @@ class Connection(ReleasingConnection):
         assert self._held is not None
         self._held.append(data)
 
+    def send_data(self) -> None:
+        super().send_data()
+        if self._held is not None and (
+            self.protocol.state is not State.CONNECTING or self.protocol.eof_sent
+        ):
+            # The answer is out (101, or a plain HTTP answer and EOF): what the
+            # client sent meanwhile may be read now. Soon, not here: websockets
+            # calls this inside its own write path.
+            self.loop.call_soon(self._release)
+
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         try:
             await super().handshake(*args, **kwargs)
         finally:
             self._answered = True
-            self._release()
+            if self._held is not None and self.protocol.state is State.CONNECTING:
+                # No answer went out (timed out, or the client left): websockets'
+                # handler aborts the connection next; nothing held is read.
+                self._held = None
 
     def _release(self) -> None:
         held, eof = self._held, self._held_eof
-        self._held, self._held_eof, self._held_size = None, False, 0
-        if held is None or self.protocol.state is not State.OPEN:
-            # A plain HTTP answer, a failed or timed-out handshake: websockets'
-            # handler aborts the connection next; what the client sent after
-            # its request is not read.
+        if held is None:
             return
+        self._held, self._held_eof, self._held_size = None, False, 0
+        # After 101 the bytes are frames; after a plain answer websockets'
+        # parser discards them, and the client's EOF closes the connection.
         if held:
             super().data_received(b"".join(held))
         if eof:

@@ -47,7 +47,8 @@ _HEADER_TUPLE: Final = re.compile(
     r"(?i)(b?['\"](?:proxy-)?(?:authorization|cookie|set-cookie|x-api-key|api-key)['\"],\s*b?['\"])"
     r"[^'\"]*"
 )
-_BEARER: Final = re.compile(r"(?i)\b(bearer\s+)[^\s,;\"'<>]+")
+#: (Not a challenge's ``Bearer realm="…"``: that names no credential.)
+_BEARER: Final = re.compile(r"(?i)\b(bearer\s+)(?![a-z]+=\")[^\s,;\"'<>]+")
 #: A password in a URL (``redis://:pw@host``).
 _USERINFO: Final = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]*@")
 
