@@ -40,6 +40,7 @@ from streamfan.positions import ZERO, format_id, parse_id, validate_position
 from streamfan.protocol import GONE
 from streamfan.recovery import Deliver, End, Read, Reader, Refuse, Wait
 from streamfan.requests import validate_chat_request
+from streamfan.scripts import Reply
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
 from streamfan.store import (
@@ -193,7 +194,7 @@ class Client:
             retention_s=s.retention_s,
             maxlen=s.maxlen,
         )
-        if status == "not_found":
+        if status == Reply.NOT_FOUND:
             raise StreamNotFound(stream_id)
         return status
 

@@ -41,6 +41,7 @@ from streamfan.errors import (
 from streamfan.events import Event
 from streamfan.keys import is_valid_stream_id
 from streamfan.requests import streaming_body, validate_chat_request
+from streamfan.scripts import Reply
 from streamfan.settings import Settings
 from worker.arqhold import ArqHold
 from worker.control import ControlChannel
@@ -138,10 +139,10 @@ class Attempt:
         except RedisUnavailable as exc:
             log.warning("stream %s: cannot claim (%s); retrying", sid, exc)
             raise Retry(defer=REDIS_RETRY_S) from exc
-        if claim.outcome == "busy":
+        if claim.outcome == Reply.BUSY:
             # Another worker's lease is still live (it may be dying): look again then.
             raise Retry(defer=claim.busy_ms / 1000 + 0.05)
-        if claim.outcome != "run":
+        if claim.outcome != Reply.RUN:
             log.info("stream %s: not run (%s)", sid, claim.outcome)
             return claim.status or claim.outcome
         self.writer = pub.writer(sid, claim.attempt)

@@ -27,6 +27,7 @@ from streamfan import events, scripts
 from streamfan.errors import RedisUnavailable, StreamfanError
 from streamfan.events import Event
 from streamfan.keys import Keys
+from streamfan.scripts import Reply
 from streamfan.settings import Settings
 from streamfan.store import now_ms, redis_errors, stream_keys
 from worker.batcher import AppendBatcher, record
@@ -57,7 +58,7 @@ class StreamFinished(PublishError):
 class Claim:
     """The outcome of :meth:`Publisher.begin`."""
 
-    outcome: str  # 'run' | 'finished' | 'busy' | 'cancelled' | 'exhausted'
+    outcome: str  # Reply.RUN | FINISHED | BUSY | CANCELLED | EXHAUSTED
     attempt: int = 0
     had_events: bool = False
     status: str = ""
@@ -121,14 +122,14 @@ class Publisher:
                 ],
             )
         outcome = _s(res[0])
-        if outcome == "run":
-            return Claim("run", attempt=int(res[1]), had_events=bool(int(res[2])))
-        if outcome == "finished":
-            return Claim("finished", status=_s(res[1]))
-        if outcome == "busy":
-            return Claim("busy", busy_ms=max(int(res[1]), 0))
-        if outcome == "exhausted":
-            return Claim("exhausted", attempt=int(res[1]))
+        if outcome == Reply.RUN:
+            return Claim(outcome, attempt=int(res[1]), had_events=bool(int(res[2])))
+        if outcome == Reply.FINISHED:
+            return Claim(outcome, status=_s(res[1]))
+        if outcome == Reply.BUSY:
+            return Claim(outcome, busy_ms=max(int(res[1]), 0))
+        if outcome == Reply.EXHAUSTED:
+            return Claim(outcome, attempt=int(res[1]))
         return Claim(outcome)
 
     async def renew(
@@ -198,21 +199,21 @@ class AttemptWriter:
                 raise
         outcome = _s(res[0])
         self._unsure = False
-        if outcome == "ok":
+        if outcome == Reply.OK:
             self.cancel_requested = _s(res[1])
             self.seq = int(res[2])
             ids = [_s(i) for i in res[3:]]
             self.last_ids = ids
             return ids
-        if outcome == "err":
+        if outcome == Reply.ERR:
             # Redis refused this stream's commands (OOM, a wrong key type...);
             # the other streams of the batch were not disturbed.
             raise RedisUnavailable(
                 f"stream {self.stream_id}: Redis refused the append: {_s(res[1])}"
             )
-        if outcome == "finished":
+        if outcome == Reply.FINISHED:
             raise StreamFinished(_s(res[1]))
-        if outcome in ("stale", "gone"):
+        if outcome in (Reply.STALE, Reply.GONE):
             raise LeaseLost(f"stream {self.stream_id}: attempt {self.attempt} superseded")
         raise PublishError(f"stream {self.stream_id}: write refused ({outcome})")
 
