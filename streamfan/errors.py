@@ -26,6 +26,8 @@ original.
 
 from __future__ import annotations
 
+from streamfan import codes
+
 
 class StreamfanError(Exception):
     """Base class of every exception streamfan raises on purpose."""
@@ -81,16 +83,17 @@ class TokenError(StreamfanError):
 
 
 class UpstreamError(StreamfanError):
-    """The upstream failed. ``code`` is the event's error code."""
+    """The upstream failed. ``code`` is the event's error code (:mod:`streamfan.codes`);
+    ``retryable`` defaults to what the table says of it."""
 
-    code = "upstream_error"
+    code = codes.UPSTREAM_REQUEST_FAILED.code
 
     def __init__(
         self,
         message: str,
         *,
         code: str | None = None,
-        retryable: bool = False,
+        retryable: bool | None = None,
         upstream_status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
@@ -98,26 +101,26 @@ class UpstreamError(StreamfanError):
         if code is not None:
             self.code = code
         self.message = message
-        self.retryable = retryable
+        self.retryable = codes.TABLE[self.code].retryable if retryable is None else retryable
         self.upstream_status = upstream_status
         self.retry_after = retry_after
 
 
 class UpstreamHTTPError(UpstreamError):
-    code = "upstream_http_error"
+    code = codes.UPSTREAM_HTTP_ERROR.code
 
 
 class UpstreamStalled(UpstreamError):
-    code = "upstream_stalled"
+    code = codes.UPSTREAM_STALLED.code
 
 
 class UpstreamTruncated(UpstreamError):
-    code = "upstream_truncated"
+    code = codes.UPSTREAM_TRUNCATED.code
 
 
 class UpstreamBadData(UpstreamError):
-    code = "upstream_bad_data"
+    code = codes.UPSTREAM_BAD_DATA.code
 
 
 class UpstreamStreamError(UpstreamError):
-    code = "upstream_stream_error"
+    code = codes.UPSTREAM_STREAM_ERROR.code

@@ -23,7 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions
 
-from streamfan import events, scripts
+from streamfan import codes, events, scripts
 from streamfan.errors import RedisUnavailable, StreamfanError
 from streamfan.events import Event
 from streamfan.keys import Keys
@@ -101,9 +101,9 @@ class Publisher:
     async def begin(self, stream_id: str, token: str, model: str) -> Claim:
         s = self.settings
         exhausted = events.error(
-            "attempts_exhausted",
+            codes.ATTEMPTS_EXHAUSTED.code,
             f"gave up after {s.max_attempts} attempts",
-            retryable=False,
+            retryable=codes.ATTEMPTS_EXHAUSTED.retryable,
         )
         async with redis_errors():
             res = await self._begin(
