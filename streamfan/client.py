@@ -39,6 +39,7 @@ from streamfan.keys import JOB_FUNCTION, new_stream_id, validate_stream_id
 from streamfan.positions import ZERO, format_id, parse_id, validate_position
 from streamfan.protocol import GONE
 from streamfan.recovery import Deliver, End, Read, Reader, Refuse, Wait
+from streamfan.redis_edge import redis_errors
 from streamfan.requests import validate_chat_request
 from streamfan.scripts import Reply
 from streamfan.serialization import job_deserializer, job_serializer
@@ -47,7 +48,6 @@ from streamfan.store import (
     StreamMeta,
     create_meta,
     read_meta,
-    redis_errors,
     request_cancel,
 )
 from streamfan.tokens import mint_token

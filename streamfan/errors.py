@@ -10,7 +10,8 @@
     ├── MockOptionError             a bad ``mock`` option (streamfan.mock.options)
     ├── StreamNotFound              no meta for this stream id
     ├── HistoryGone                 the position asked for was trimmed or expired
-    ├── RedisUnavailable            Redis could not be reached (translated at the I/O edge)
+    ├── RedisUnavailable            Redis could not be reached (streamfan.redis_edge)
+    │   └── RedisRefused            Redis answered with an error (READONLY, OOM, BUSY...)
     ├── TokenError                  a JWT that is missing, malformed, expired or not allowed
     └── UpstreamError               the upstream failed; carries code, retryable, status
         ├── UpstreamHTTPError       a non-2xx answer before the stream
@@ -21,7 +22,7 @@
 
 Third-party exceptions (``redis.*``, ``httpx.*``, ``jwt.*``) never leak past the
 module that does the I/O: they are raised again as one of these, ``from`` the
-original.
+original (Redis's by the one mapping in :mod:`streamfan.redis_edge`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class HistoryGone(StreamfanError, LookupError):
 
 class RedisUnavailable(StreamfanError, ConnectionError):
     """Redis could not be reached."""
+
+
+class RedisRefused(RedisUnavailable):
+    """Redis answered a command with an error (a read-only replica after a failover,
+    out of memory, busy with a script...): a later try may succeed, as after
+    :class:`RedisUnavailable`, but the same call on the same connection will not."""
 
 
 class TokenError(StreamfanError):

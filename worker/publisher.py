@@ -21,15 +21,15 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from streamfan import codes, events, scripts
-from streamfan.errors import RedisUnavailable, StreamfanError
+from streamfan.errors import RedisRefused, RedisUnavailable, StreamfanError
 from streamfan.events import Event
 from streamfan.keys import Keys
+from streamfan.redis_edge import redis_errors
 from streamfan.scripts import Reply
 from streamfan.settings import Settings
-from streamfan.store import now_ms, redis_errors, stream_keys
+from streamfan.store import now_ms, stream_keys
 from worker.batcher import AppendBatcher, record
 
 log = logging.getLogger(__name__)
@@ -178,19 +178,21 @@ class AttemptWriter:
         seq: int | str = "" if self._unsure else self.seq
         for tries in range(1, WRITE_TRIES + 1):
             try:
-                res = await self._send(batch, seq, final_status, meta)
+                async with redis_errors():
+                    res = await self._send(batch, seq, final_status, meta)
                 break
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                # The script may or may not have run: retrying with the same seq
-                # is safe, the script skips what it already wrote. (So is a
-                # caller's retry of the same batch after RedisUnavailable.)
-                if tries == WRITE_TRIES:
-                    raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
-                log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
-            except redis.exceptions.ResponseError as exc:
+            except RedisRefused:
                 # Redis refused the whole call (READONLY after a failover, BUSY, a
                 # script error): a later attempt may succeed, so the job retries.
-                raise RedisUnavailable(f"Redis refused the append: {exc}") from exc
+                raise
+            except RedisUnavailable as exc:
+                # The script may or may not have run: retrying with the same seq
+                # is safe, the script skips what it already wrote. (So is a
+                # caller's retry of the same batch after RedisUnavailable.) One
+                # not translated from redis-py (a closed batcher) cannot get better.
+                if tries == WRITE_TRIES or exc.__cause__ is None:
+                    raise
+                log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
             except asyncio.CancelledError:
                 # Cancelled mid-call: whether the script ran is unknown, and the
                 # next write will be a different batch (the terminal event), which
