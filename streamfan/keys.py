@@ -15,7 +15,8 @@ from streamfan.errors import InvalidStreamId
 
 DEFAULT_PREFIX = "streamfan"
 
-#: design.md: valid ids match this; anything else never reaches Redis.
+#: Valid ids match this (1-128 characters of A-Z a-z 0-9 . _ : -); anything else
+#: never reaches Redis.
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: The field of a stream entry that holds the event as compact JSON.
