@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 from pathlib import Path
@@ -65,6 +66,42 @@ def test_the_check_catches_an_inline_code() -> None:
     assert spelled_codes('events.error("timeout", "slow", retryable=False)') == {"timeout"}
     assert spelled_codes("code='upstream_unreachable'") == {"upstream_unreachable"}
     assert spelled_codes("codes.TIMEOUT.code") == set()
+
+
+def literal_codes(source: str) -> list[str]:
+    """Codes written as string literals where an ``error`` event's code goes: the
+    first argument of ``error(...)`` / ``events.error(...)``, a ``code=`` keyword,
+    a class's ``code = ...`` — so a code missing from the table is caught too."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        values: list[ast.expr] = []
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            if name in ("error", "events.error") and node.args:
+                values.append(node.args[0])
+            values += [k.value for k in node.keywords if k.arg == "code"]
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "code" for t in node.targets
+        ):
+            values.append(node.value)
+        found += [v.value for v in values if isinstance(v, ast.Constant)]
+    return [v for v in found if isinstance(v, str)]
+
+
+def test_no_error_event_code_is_a_literal_even_one_missing_from_the_table() -> None:
+    found = {
+        str(path.relative_to(ROOT)): hits
+        for path in shipped_files()
+        if path.suffix == ".py" and (hits := literal_codes(path.read_text()))
+    }
+    assert found == {}, "add the code to streamfan/codes.py and use it from there"
+
+
+def test_the_literal_check_catches_a_new_code() -> None:
+    assert literal_codes('events.error("orphaned", "m", retryable=False)') == ["orphaned"]
+    assert literal_codes('UpstreamError("m", code="upstream_new")') == ["upstream_new"]
+    assert literal_codes('class E:\n    code = "e_code"') == ["e_code"]
+    assert literal_codes("events.error(codes.TIMEOUT.code, 'm', retryable=False)") == []
 
 
 def test_every_exception_code_is_in_the_table() -> None:
