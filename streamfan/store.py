@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from streamfan import events, scripts
-from streamfan.keys import Keys
+from streamfan.keys import Keys, Meta
 from streamfan.redis_edge import redis_errors
 
 #: A queued stream whose job never runs expires after this long (arq drops jobs
@@ -98,20 +98,20 @@ def _json(raw: dict[bytes, bytes], field: str) -> Any:
 
 
 def decode_meta(stream_id: str, raw: dict[bytes, bytes]) -> StreamMeta | None:
-    if not raw or b"status" not in raw:
+    if not raw or Meta.STATUS.encode() not in raw:
         return None
     return StreamMeta(
         stream_id=stream_id,
-        status=_text(raw, "status") or "",
-        created_at=_int(raw, "created_at"),
-        updated_at=_int(raw, "updated_at"),
-        model=_text(raw, "model") or None,
-        attempt=_int(raw, "attempt") or 0,
-        owner=_text(raw, "owner") or None,
-        usage=_json(raw, "usage"),
-        finish_reason=_text(raw, "finish_reason") or None,
-        error=_json(raw, "error"),
-        last_id=_text(raw, "last_id"),
+        status=_text(raw, Meta.STATUS) or "",
+        created_at=_int(raw, Meta.CREATED_AT),
+        updated_at=_int(raw, Meta.UPDATED_AT),
+        model=_text(raw, Meta.MODEL) or None,
+        attempt=_int(raw, Meta.ATTEMPT) or 0,
+        owner=_text(raw, Meta.OWNER) or None,
+        usage=_json(raw, Meta.USAGE),
+        finish_reason=_text(raw, Meta.FINISH_REASON) or None,
+        error=_json(raw, Meta.ERROR),
+        last_id=_text(raw, Meta.LAST_ID),
     )
 
 

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from streamfan import codes, events, scripts
 from streamfan.errors import RedisRefused, RedisUnavailable, StreamfanError
 from streamfan.events import Event
-from streamfan.keys import Keys
+from streamfan.keys import Keys, Meta
 from streamfan.redis_edge import redis_errors
 from streamfan.scripts import Reply
 from streamfan.settings import Settings
@@ -249,9 +249,9 @@ class AttemptWriter:
         meta: dict[str, str] = {}
         if etype == events.DONE:
             if terminal.get("usage") is not None:
-                meta["usage"] = orjson.dumps(terminal["usage"]).decode()
+                meta[Meta.USAGE] = orjson.dumps(terminal["usage"]).decode()
             if terminal.get("finish_reason") is not None:
-                meta["finish_reason"] = str(terminal["finish_reason"])
+                meta[Meta.FINISH_REASON] = str(terminal["finish_reason"])
         elif etype == events.ERROR:
-            meta["error"] = events.encode_event(terminal).decode()
+            meta[Meta.ERROR] = events.encode_event(terminal).decode()
         return await self.write([terminal], final_status=events.TERMINAL_STATUS[etype], meta=meta)
