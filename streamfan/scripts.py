@@ -62,7 +62,8 @@ CONSTANTS: Final[dict[str, str]] = {
 
 def _lua_string(value: str) -> str:
     # The values are plain names; anything else would need escaping.
-    assert value.replace("_", "").replace(":", "").replace("-", "").isalnum(), value
+    if not value.replace("_", "").replace(":", "").replace("-", "").isalnum():
+        raise ValueError(f"not a plain name for a Lua constant: {value!r}")
     return f"'{value}'"
 
 
