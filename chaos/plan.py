@@ -88,7 +88,7 @@ class Plan:
     reader_seeds: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def _job(rng: random.Random, config: Config, index: int) -> Job:
+def _job(rng: random.Random, config: Config, index: int, fault: str | None) -> Job:
     stream_id = f"chaos-{config.seed}-{index:04d}"
     mock: dict[str, Any] = {
         "reply_tokens": rng.randint(*config.reply_tokens),
@@ -96,9 +96,7 @@ def _job(rng: random.Random, config: Config, index: int) -> Job:
         "tokens_per_s": config.tokens_per_s,
         "fault_key": stream_id,
     }
-    fault = None
-    if rng.random() < config.upstream_fault_rate:
-        fault = rng.choice(UPSTREAM_FAULTS)
+    if fault is not None:
         mock.update(fault=fault, fault_times=1, after=rng.randint(1, 6))
         if fault == "http_429":
             mock["retry_after"] = "1"
@@ -134,12 +132,27 @@ def _faults(rng: random.Random, config: Config) -> list[Fault]:
     return faults
 
 
+def _upstream_faults(rng: random.Random, config: Config) -> list[str | None]:
+    """Per stream, its first attempt's fault: every kind once (when there are enough
+    faulted streams), then kinds at random; the faulted streams themselves at random."""
+    faulted = round(config.streams * config.upstream_fault_rate)
+    kinds = list(UPSTREAM_FAULTS)
+    rng.shuffle(kinds)
+    chosen: list[str | None] = [
+        kinds[i] if i < len(kinds) else rng.choice(UPSTREAM_FAULTS) for i in range(faulted)
+    ]
+    chosen += [None] * (config.streams - faulted)
+    rng.shuffle(chosen)
+    return chosen
+
+
 def make_plan(config: Config) -> Plan:
     rng = random.Random(config.seed)
-    jobs = tuple(sorted((_job(rng, config, i) for i in range(config.streams)),
+    faults = _upstream_faults(rng, config)
+    jobs = tuple(sorted((_job(rng, config, i, faults[i]) for i in range(config.streams)),
                         key=lambda j: j.submit_at_s))  # fmt: skip
-    faults = tuple(_faults(rng, config))
+    process_faults = tuple(_faults(rng, config))
     reader_seeds = {
         (job.stream_id, r): rng.randrange(1 << 30) for job in jobs for r in range(config.readers)
     }
-    return Plan(config=config, jobs=jobs, faults=faults, reader_seeds=reader_seeds)
+    return Plan(config=config, jobs=jobs, faults=process_faults, reader_seeds=reader_seeds)

@@ -29,6 +29,12 @@ def test_every_fault_kind_happens_inside_the_run_one_at_a_time(
     assert moments == sorted(moments)
     assert all(0 < at < duration for at in moments)
     assert all(0 <= job.submit_at_s <= duration / 2 for job in plan.jobs)
+    upstream = [job.upstream_fault for job in plan.jobs if job.upstream_fault]
+    assert len(upstream) == round(streams * 0.4)
+    if len(upstream) >= len(UPSTREAM_FAULTS):  # every kind at least once
+        assert set(upstream) == set(UPSTREAM_FAULTS)
+    else:  # as many kinds as there are faulted streams
+        assert len(set(upstream)) == len(upstream)
     for job in plan.jobs:
         mock = job.body["mock"]
         assert mock["fault_key"] == job.stream_id
