@@ -16,16 +16,22 @@ mark a block.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
+import re
 import sys
+from asyncio.subprocess import Process
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from gateway import Gateway
+from streamfan.mock.options import Defaults
+from streamfan.mock.server import MockUpstream
 from streamfan.settings import ENV_PREFIX, Settings
 from tests.markdown import DOC_FILES, RUN, Block, parse
 
@@ -61,8 +67,8 @@ def sample_env(variables: dict[str, str]) -> dict[str, str]:
     return env
 
 
-async def run_sample(block: Block, where: str, cwd: Path, env: dict[str, str]) -> str:
-    """Run ``block`` as pasted; its stdout, or a test failure showing its stderr."""
+async def start_sample(block: Block, cwd: Path, env: dict[str, str]) -> Process:
+    """``block`` as pasted into a file in ``cwd`` and run there."""
     suffix = ".py" if block.language == "python" else ".sh"
     script = cwd / f"sample{suffix}"
     script.write_text(block.text)
@@ -76,7 +82,7 @@ async def run_sample(block: Block, where: str, cwd: Path, env: dict[str, str]) -
         if block.language == "python"
         else ["bash", "-eo", "pipefail", str(script)]
     )
-    proc = await asyncio.create_subprocess_exec(
+    return await asyncio.create_subprocess_exec(
         *argv,
         cwd=cwd,
         env=env,
@@ -84,6 +90,10 @@ async def run_sample(block: Block, where: str, cwd: Path, env: dict[str, str]) -
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def finish_sample(proc: Process, block: Block, where: str, seen: bytes = b"") -> str:
+    """Its whole stdout (``seen`` is what was read already), or a failure showing stderr."""
     try:
         async with asyncio.timeout(SAMPLE_TIMEOUT_S):
             out, err = await proc.communicate()
@@ -93,6 +103,7 @@ async def run_sample(block: Block, where: str, cwd: Path, env: dict[str, str]) -
         problem = f"ran longer than {SAMPLE_TIMEOUT_S:.0f} s"
     else:
         problem = f"exited with {proc.returncode}" if proc.returncode else ""
+    out = seen + out
     if problem:
         pytest.fail(
             f"{where} (line {block.line}) {problem}\n"
@@ -101,6 +112,11 @@ async def run_sample(block: Block, where: str, cwd: Path, env: dict[str, str]) -
             pytrace=False,
         )
     return out.decode()
+
+
+async def run_sample(block: Block, where: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run ``block`` as pasted; its stdout, or a test failure showing its stderr."""
+    return await finish_sample(await start_sample(block, cwd, env), block, where)
 
 
 @pytest.fixture
@@ -155,3 +171,52 @@ async def test_a_sample_sees_only_the_stacks_settings(
     block = Block("bash", 'echo "${STREAMFAN_PREFIX:-unset} $STREAMFAN_PORT"\n', 1, RUN, "x")
     out = await run_sample(block, "t", tmp_path, sample_env({"STREAMFAN_PORT": "1"}))
     assert out == "unset 1\n"
+
+
+def _sample(doc: str, anchor: str) -> Block:
+    block: Block = next(
+        p.values[1] for p in _samples() if p.values[0] == doc and p.values[1].anchor == anchor
+    )
+    return block
+
+
+async def test_the_protocol_reader_resumes_after_a_gateway_restart_printing_every_event_once(
+    pipeline_settings: Settings,
+    start_worker: Callable[[Settings], Any],
+    aredis: aioredis.Redis,
+    tmp_path: Path,
+) -> None:
+    """What docs/protocol.md says of its reader: closed with 1001 mid-stream, it
+    reconnects to the gateway that takes over the address and resumes from its last id."""
+    block = _sample("docs/protocol.md", "a-reader-in-python")
+    # 64 tokens at 40/s: the stream is still being written when the gateway goes.
+    async with MockUpstream(defaults=Defaults(tokens_per_s=40)) as slow:
+        settings = pipeline_settings.replace(upstream_base_url=slow.base_url)
+        assert settings.jwt_secret is not None
+        async with start_worker(settings):
+            first = await Gateway(settings.replace(port=0)).start()
+            port = first.port
+            env = {
+                "STREAMFAN_REDIS_URL": settings.redis_url,
+                "STREAMFAN_JWT_SECRET": settings.jwt_secret,
+                "STREAMFAN_HOST": first.host,
+                "STREAMFAN_PORT": str(port),
+            }
+            proc = await start_sample(block, tmp_path, sample_env(env))
+            assert proc.stdout is not None
+            seen = b""
+            async with asyncio.timeout(SAMPLE_TIMEOUT_S):
+                while not re.fullmatch(rb"\d+-\d+ delta\n", line := await proc.stdout.readline()):
+                    assert line, "the reader ended before its first delta"
+                    seen += line
+            seen += line
+            await first.stop()  # every socket closed with 1001 "going away"
+            async with Gateway(settings.replace(port=port)) as second:
+                out = await finish_sample(proc, block, "docs/protocol.md", seen)
+                assert second.metrics.connections_total == 1
+    *lines, last = out.splitlines()
+    end = ast.literal_eval(last)
+    assert end["op"] == "end" and end["status"] == "done"
+    printed = [line.split()[0] for line in lines]
+    stored = await aredis.xrange(settings.keys.events(end["stream"]))
+    assert printed == [entry_id.decode() for entry_id, _ in stored]
