@@ -38,7 +38,7 @@ KINDS = (RUN, FRAGMENT)
 RUNNABLE = ("python", "bash")
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
-_MARKER = re.compile(r"^[ \t]*<!--\s*sample:\s*(?P<kind>\S*?)\s*-->[ \t]*$")
+_MARKER = re.compile(r"^[ \t]*<!--\s*sample:\s*(?P<kind>.*?)\s*-->[ \t]*$")
 _HEADING = re.compile(r"^ {0,3}(?P<level>#{1,6})(?:[ \t]+(?P<text>.*?))?(?:[ \t]+#+)?[ \t]*$")
 _CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
 _LINK = re.compile(r"\]\(\s*<?(?P<target>[^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")

@@ -76,6 +76,7 @@ def test_a_marker_counts_only_on_the_line_right_before_the_fence() -> None:
 def test_a_marker_with_an_unknown_kind_is_kept_as_written() -> None:
     parsed = parse("<!--sample:runn-->\n```python\nx\n```\n")
     assert parsed.blocks[0].marker == "runn"
+    assert parse("<!-- sample: run gateway -->\n```\nx\n```\n").blocks[0].marker == "run gateway"
     assert parse("<!-- sample: fragment -->\n```\nx\n```\n").blocks[0].marker == FRAGMENT
 
 
