@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from streamfan.errors import ConfigError
-from streamfan.settings import Settings, settings_table
+from streamfan.settings import Settings, _csv, setting, settings_table
 
 
 def test_with_an_empty_environment_every_default_holds() -> None:
@@ -181,3 +181,19 @@ def test_every_secret_setting_says_whether_streamfan_verifies_it() -> None:
     assert kinds["upstream_api_key"] == "held"
     # A setting holding many secrets (the HTTP door's API keys) is checked one by one.
     assert all(kind in (None, "verified", "held") for kind in kinds.values())
+
+
+def test_a_setting_of_several_verified_secrets_checks_each_one() -> None:
+    # The hook the HTTP door's STREAMFAN_API_KEYS uses: a tuple marked "verified".
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithKeys(Settings):
+        api_keys: tuple[str, ...] = setting((), "door keys", _csv, secret="verified")
+
+    good = "k" * 32
+    assert WithKeys.from_env({"STREAMFAN_API_KEYS": f"{good},{good}x"}).secrets == (
+        good,
+        good + "x",
+    )
+    with pytest.raises(ConfigError) as info:
+        WithKeys.from_env({"STREAMFAN_API_KEYS": f"{good},tiny-key"})
+    assert info.value.variable == "STREAMFAN_API_KEYS" and "tiny-key" not in str(info.value)
