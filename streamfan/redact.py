@@ -126,7 +126,17 @@ class RedactingFilter(logging.Filter):
         self.secrets: tuple[str, ...] = tuple(s for s in secrets if s)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A broken log call (arguments that do not fit the format): said
+            # so without its arguments (they may hold a secret), instead of
+            # raising into the code that logged.
+            record.msg, record.args = (
+                f"unformattable log call at {record.pathname}:{record.lineno}",
+                None,
+            )
+            return True
         cleaned = scrub(message, self.secrets)
         if cleaned != message:
             record.msg, record.args = cleaned, None

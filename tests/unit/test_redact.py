@@ -193,3 +193,9 @@ def test_credentials_streamfan_cannot_list_are_masked_by_their_shape(line: str) 
 def test_ordinary_lines_pass_unchanged() -> None:
     line = "stream 01HX: attempt 2 failed (upstream_http_error: rate limited); retrying in 1.2s"
     assert formatted(record(line)) == line
+
+
+def test_a_log_call_whose_arguments_do_not_fit_is_reported_without_them() -> None:
+    rec = record("%d items", KEY)
+    text = formatted(rec)
+    assert "unformattable log call" in text and leaked(text) == []
