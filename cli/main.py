@@ -23,8 +23,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from streamfan import redact
 from streamfan.errors import ConfigError, StreamfanError
-from streamfan.redact import RedactingFilter
 from streamfan.settings import Settings
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -116,13 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # On the handler, so it sees every logger's records at every level (a
     # handshake's ?token= at DEBUG, an upstream's headers in httpcore's).
-    redaction = RedactingFilter()
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(redaction)
+    redact.install()
     try:
         # A bad setting: the command builds its settings and reports it itself.
         with contextlib.suppress(ConfigError):
-            redaction.secrets = Settings.from_env().secrets
+            redact.install(Settings.from_env().secrets)
         return int(run(args))
     except ConfigError as exc:
         print(f"streamfan {args.command}: configuration error: {exc}", file=sys.stderr)

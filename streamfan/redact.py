@@ -151,12 +151,22 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def guard(logger: logging.Logger, secrets: Iterable[str] = ()) -> RedactingFilter:
-    """Make sure ``logger`` has a :class:`RedactingFilter` knowing ``secrets``; return it."""
-    for existing in logger.filters:
+def guard(target: logging.Filterer, secrets: Iterable[str] = ()) -> RedactingFilter:
+    """Make sure ``target`` (a logger or a handler) has a :class:`RedactingFilter`
+    that knows ``secrets`` too; return it."""
+    extra = tuple(s for s in secrets if s)
+    for existing in target.filters:
         if isinstance(existing, RedactingFilter):
-            existing.secrets = tuple(dict.fromkeys((*existing.secrets, *(s for s in secrets if s))))
+            existing.secrets = tuple(dict.fromkeys((*existing.secrets, *extra)))
             return existing
-    added = RedactingFilter(secrets)
-    logger.addFilter(added)
+    added = RedactingFilter(extra)
+    target.addFilter(added)
     return added
+
+
+def install(secrets: Iterable[str] = ()) -> None:
+    """:func:`guard` every handler of the root logger: what a process configured
+    (``streamfan``'s own command, arq's, an application's) is scrubbed."""
+    wanted = tuple(secrets)
+    for handler in logging.getLogger().handlers:
+        guard(handler, wanted)

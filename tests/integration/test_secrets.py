@@ -71,3 +71,16 @@ async def test_a_key_echoed_across_the_code_limit_of_an_error_chunk_leaks_nothin
     assert result.error["code"] == "upstream_stream_error"
     seen = await everything_about(client, keyed, sub.stream_id) + caplog.text
     assert [p for p in pieces() if p in seen] == []
+
+
+async def test_a_worker_masks_its_key_in_whatever_its_process_logs(
+    keyed: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As httpcore logs an upstream's response headers at DEBUG, with the key echoed.
+    caplog.set_level(logging.DEBUG)
+    async with RunningWorker(keyed):
+        logging.getLogger("httpcore.http11").debug(
+            "receive_response_headers.complete return_value=%r", [(b"x-echo", KEY.encode())]
+        )
+    assert "receive_response_headers.complete" in caplog.text
+    assert [p for p in pieces() if p in caplog.text] == []
