@@ -170,6 +170,8 @@ class Upstream:
                 break
         retryable = status in RETRYABLE_STATUSES
         raise UpstreamHTTPError(
+            # The body's cut is safe: nothing of a body that is not whole JSON
+            # travels (a cut one parses as JSON only if the cut fell in trailing space).
             error_message(body[:ERROR_BODY_LIMIT], status, self._secrets),
             retryable=retryable,
             upstream_status=status,
