@@ -101,6 +101,18 @@ def test_an_http_error_message_never_carries_a_run_of_the_key(offset: int, pad: 
         assert leaked(got) == []
 
 
+def test_at_every_offset_around_the_limits_no_run_of_the_key_survives() -> None:
+    # Exhaustive where it matters: every offset from the start to past each cut.
+    for offset in range(MESSAGE_LIMIT + len(KEY) + 2):
+        message = placed(offset, MESSAGE_LIMIT + 50, "ab ")
+        got = error_message(orjson.dumps({"error": {"message": message}}), 400, (KEY,))
+        assert leaked(got) == [], offset
+        err = {"message": message, "code": placed(offset % (CODE_LIMIT + 10), CODE_LIMIT, "c")}
+        with pytest.raises(UpstreamStreamError) as info:
+            Translator(secrets=[KEY]).feed(orjson.dumps({"error": err}).decode())
+        assert leaked(info.value.message) == [], offset
+
+
 def test_a_key_that_straddles_the_message_limit_is_not_cut_in_half() -> None:
     # The finding: cut to 500 first, the key's first half no longer matched it whole.
     message = "x" * (MESSAGE_LIMIT - 10) + KEY + " is not valid"
