@@ -57,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.getLogger().setLevel(settings.log_level)
     if count > 1:
-        return processes.supervise(count, burst=args.burst)
+        port = settings.worker_metrics_port
+        if port and port + count - 1 > 65535:
+            raise ConfigError(
+                "STREAMFAN_WORKER_METRICS_PORT",
+                f"process i serves on PORT + i: {port} + {count - 1} is past 65535",
+            )
+        return processes.supervise(count, burst=args.burst, metrics_port=port)
     if args.supervised_by is not None:
         if not processes.die_with_parent(args.supervised_by):
             return 1

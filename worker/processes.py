@@ -110,10 +110,17 @@ class Supervisor:
     """Runs a :class:`Supervision`'s actions on real processes until it is finished."""
 
     def __init__(
-        self, processes: int, command: Sequence[str], *, burst: bool, backoff: Backoff
+        self,
+        processes: int,
+        command: Sequence[str],
+        *,
+        burst: bool,
+        backoff: Backoff,
+        metrics_port: int = 0,
     ) -> None:
         self.supervision = Supervision(processes, backoff, burst=burst)
         self.command = list(command)
+        self.metrics_port = metrics_port
         self.children: dict[int, asyncio.subprocess.Process] = {}
         self.events: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
         self.timers: list[asyncio.TimerHandle] = []
@@ -180,9 +187,13 @@ class Supervisor:
                 )
 
     async def _spawn(self, slot: int) -> None:
+        env = None
+        if self.metrics_port:
+            # One port can have one listener: process i serves /metrics on PORT + i.
+            env = dict(os.environ, STREAMFAN_WORKER_METRICS_PORT=str(self.metrics_port + slot))
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.command, str(os.getpid()), process_group=0
+                *self.command, str(os.getpid()), env=env, process_group=0
             )
         except OSError as exc:
             log.error("cannot start worker process %d: %s", slot + 1, exc)
@@ -199,7 +210,15 @@ class Supervisor:
         self.events.put_nowait(("exited", slot, code))
 
 
-def supervise(processes: int, *, burst: bool, backoff: Backoff | None = None) -> int:
+def supervise(
+    processes: int, *, burst: bool, metrics_port: int = 0, backoff: Backoff | None = None
+) -> int:
     """Run ``processes`` copies of this command as one worker each; their exit code."""
-    supervisor = Supervisor(processes, child_command(), burst=burst, backoff=backoff or Backoff())
+    supervisor = Supervisor(
+        processes,
+        child_command(),
+        burst=burst,
+        backoff=backoff or Backoff(),
+        metrics_port=metrics_port,
+    )
     return asyncio.run(supervisor.run())

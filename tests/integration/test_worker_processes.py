@@ -13,11 +13,13 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
+import httpx
 import redis.asyncio
 
 from streamfan.client import Client
@@ -64,9 +66,27 @@ class Supervisor:
         return {int(m.group(1)) for m in await self.wait_for(READY.pattern, count)}
 
 
+def free_port_pair() -> int:
+    """A port P with P + 1 free too (the second process's /metrics)."""
+    while True:
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port < 65535 and b.connect_ex(("127.0.0.1", port + 1)) != 0:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+
+
 @asynccontextmanager
-async def supervisor(settings: Settings, processes: int) -> AsyncIterator[Supervisor]:
+async def supervisor(
+    settings: Settings, processes: int, *, metrics_port: int = 0
+) -> AsyncIterator[Supervisor]:
     env = settings_env(settings)
+    if metrics_port:
+        env["STREAMFAN_WORKER_METRICS_PORT"] = str(metrics_port)
     # One stream per process: two streams can only run on two processes.
     env["STREAMFAN_WORKER_MAX_JOBS"] = "1"
     proc = await asyncio.create_subprocess_exec(
@@ -128,9 +148,14 @@ async def test_two_processes_serve_and_one_killed_is_restarted_and_every_job_fin
     mock_upstream: MockUpstream,
     aredis: redis.asyncio.Redis,
 ) -> None:
-    async with supervisor(pipeline_settings, 2) as sup:
+    metrics = free_port_pair()
+    async with supervisor(pipeline_settings, 2, metrics_port=metrics) as sup:
         first = await asyncio.wait_for(sup.ready_pids(2), 30)
         assert first == children_of(sup.proc.pid)
+        async with httpx.AsyncClient() as http:  # one /metrics per process: PORT + i
+            for port in (metrics, metrics + 1):
+                page = await http.get(f"http://127.0.0.1:{port}/metrics")
+                assert "streamfan_worker_streams_running" in page.text
         ids = await two_slow_streams_running(client, mock_upstream)
         # Both processes serve: two streams, two lease holders.
         assert len(await lease_holders(aredis, pipeline_settings, ids)) == 2
