@@ -123,7 +123,8 @@ class Supervisor:
         self.metrics_port = metrics_port
         self.children: dict[int, asyncio.subprocess.Process] = {}
         self.events: asyncio.Queue[tuple[str, int, int]] = asyncio.Queue()
-        self.timers: list[asyncio.TimerHandle] = []
+        #: slot -> its pending restart (one at most: a slot waits for one restart)
+        self.timers: dict[int, asyncio.TimerHandle] = {}
         self.waiters: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
@@ -151,7 +152,7 @@ class Supervisor:
                     actions = self.supervision.signal(value)
                 await self._carry_out(actions)
         finally:
-            for timer in self.timers:
+            for timer in self.timers.values():
                 timer.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -178,11 +179,15 @@ class Supervisor:
                     action.failures,
                 )
                 event = ("due", action.slot, 0)
-                self.timers.append(loop.call_later(action.delay_s, self.events.put_nowait, event))
+                self.timers[action.slot] = loop.call_later(
+                    action.delay_s, self.events.put_nowait, event
+                )
             elif isinstance(action, GiveUp):
                 log.error(
-                    "every worker process failed %d times in a row; stopping the rest and "
-                    "exiting 1",
+                    "worker process %d %s: every worker process has now failed %d times in a "
+                    "row; stopping the rest and exiting 1",
+                    action.slot + 1,
+                    _describe(action.code),
                     action.failures,
                 )
 

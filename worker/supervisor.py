@@ -79,8 +79,10 @@ class Restart:
 
 @dataclass(frozen=True, slots=True)
 class GiveUp:
-    """Every slot keeps failing: what follows stops the rest."""
+    """Every slot keeps failing (``slot`` last, with ``code``): what follows stops the rest."""
 
+    slot: int
+    code: int
     failures: int
 
 
@@ -129,7 +131,8 @@ class Supervision:
         slot.state = SlotState.WAITING
         if self._all_failing(now):
             self.gave_up = True
-            return [GiveUp(min(s.failures for s in self.slots)), *self._stop(None)]
+            failures = min(s.failures for s in self.slots)
+            return [GiveUp(i, code, failures), *self._stop(None)]
         return [Restart(i, self.backoff.delay(slot.failures), slot.failures, code)]
 
     def _all_failing(self, now: float) -> bool:

@@ -108,7 +108,7 @@ def test_when_every_slot_keeps_failing_it_gives_up_and_stops_the_rest() -> None:
         sup.due(1, t)
     assert isinstance(sup.exited(0, 1, t + 1)[0], Restart)  # slot 1 is not at 3 yet
     actions = sup.exited(1, 1, t + 1)
-    assert actions == [GiveUp(3)]  # slot 0 waits for its restart: nothing to forward
+    assert actions == [GiveUp(1, 1, 3)]  # slot 0 waits for its restart: nothing to forward
     assert sup.finished and sup.exit_code == 1
 
 
