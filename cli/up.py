@@ -313,8 +313,9 @@ def run(args: argparse.Namespace) -> int:
         # Children inherit the environment we built; commands in other terminals of
         # this user find it in the state file; anywhere else needs the export.
         print(
-            f"\nstate     {path} (commands in other terminals use this run)\n"
-            f"elsewhere export STREAMFAN_REDIS_URL={up.env['STREAMFAN_REDIS_URL']} "
+            f"\nstate     {path}: the commands in your other terminals use this run;\n"
+            "          for anywhere else:\n"
+            f"export STREAMFAN_REDIS_URL={up.env['STREAMFAN_REDIS_URL']} "
             f"STREAMFAN_JWT_SECRET={up.env['STREAMFAN_JWT_SECRET']}",
             flush=True,
         )

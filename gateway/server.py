@@ -1,10 +1,7 @@
 """The gateway: websockets ``serve``, auth at the handshake, one handler per connection.
 
-::
-
-    async with Gateway(settings.replace(port=0)) as gw:
-        url = gw.url                     # ws://127.0.0.1:PORT
-        ...
+Embedding one (``async with Gateway(settings.replace(port=0)) as gw``) is shown,
+and run by the suite, in docs/protocol.md#running-it.
 
 The handler of a connection only reads: it parses each client frame
 (:mod:`streamfan.protocol`), checks it against the connection's

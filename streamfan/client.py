@@ -1,12 +1,7 @@
 """The client API for backend services: submit, events, result, status, cancel.
 
-::
-
-    async with streamfan.Client.from_url("redis://localhost:6379/0") as sf:
-        sub = await sf.submit({"model": "gpt-4o-mini", "messages": [...]})
-        async for entry_id, event in sf.events(sub.stream_id, from_="0"):
-            ...
-        reply = await sf.result(sub.stream_id)
+The example is README.md's "From a backend service", which the suite runs as it
+stands (tests/integration/test_docs_samples.py); it is not copied here to drift.
 
 It talks to Redis only: the arq queue to enqueue, the event streams to read.
 """

@@ -80,7 +80,7 @@ async def test_every_command_in_another_terminal_uses_the_running_up(tmp_path: P
         gateway = await asyncio.wait_for(
             read_until(up.stdout, r"gateway\s+ws://([\d.]+):(\d+)/ws", seen), 60
         )
-        said = await asyncio.wait_for(read_until(up.stdout, r"state\s+(\S+)", seen), 30)
+        said = await asyncio.wait_for(read_until(up.stdout, r"state\s+(\S+):", seen), 30)
         host, port = gateway.group(1), int(gateway.group(2))
         path = Path(said.group(1))
         assert path == tmp_path / "state" / "streamfan" / "up.json"
