@@ -33,8 +33,11 @@ DEFAULT_BASE_S = 0.5
 DEFAULT_MAX_S = 30.0
 #: A child up this long was healthy: its next failure restarts after ``base_s`` again.
 DEFAULT_HEALTHY_S = 60.0
-#: Failures in a row of every slot at once after which the supervisor gives up.
-DEFAULT_GIVE_UP_AFTER = 5
+#: Failures in a row of every slot at once after which the supervisor gives up. Ten:
+#: a worker that cannot reach Redis at start fails after arq's ~5 s of retries, so
+#: ten failures with their backoff take about three minutes — a Redis restart or
+#: failover fits in that, a crash loop is still seen within minutes.
+DEFAULT_GIVE_UP_AFTER = 10
 
 
 @dataclass(frozen=True, slots=True)
