@@ -222,7 +222,9 @@ def find(environ: Mapping[str, str], *, redis_url_flag: str | None = None) -> Fo
             environ,
             f"ignoring {path}: the streamfan up that wrote it (pid {state.pid}) is gone",
         )
-    since = time.strftime("%H:%M", time.localtime(state.started_at))
+    started = time.localtime(state.started_at)
+    today = time.localtime()[:3] == started[:3]
+    since = time.strftime("%H:%M" if today else "%Y-%m-%d %H:%M", started)
     return Found(
         layered(state, environ),
         f"using the streamfan up running since {since} (pid {state.pid}): "
