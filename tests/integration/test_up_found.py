@@ -24,7 +24,8 @@ from streamfan.settings import Settings
 from streamfan.tokens import verify_token
 
 from .test_cli import Ran
-from .test_up import read_until
+from .test_up import children_of, read_until
+from .test_worker_processes import Logged
 
 USING = "using the streamfan up"
 
@@ -70,11 +71,13 @@ async def test_every_command_in_another_terminal_uses_the_running_up(tmp_path: P
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     up = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "up", "--port", "0", "--no-demo",
+        sys.executable, "-m", "cli", "up", "--port", "0", "--no-demo", "--workers", "2",
         "--data-dir", str(tmp_path / "data"),
-        env=env, cwd=tmp_path / "up-dir", stdout=asyncio.subprocess.PIPE,
+        env=env, cwd=tmp_path / "up-dir",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert up.stdout is not None
+    logs = Logged(up)
     seen: list[str] = []
     try:
         gateway = await asyncio.wait_for(
@@ -93,9 +96,13 @@ async def test_every_command_in_another_terminal_uses_the_running_up(tmp_path: P
         assert port != 0 and state.gateway_urls == (f"http://{host}:{port}",)
         async with httpx.AsyncClient() as http:
             assert (await http.get(f"{state.gateway_urls[0]}/readyz")).status_code == 200
-        (worker_pid,) = state.pids["worker"]
-        worker_env = environ_of(worker_pid)
-        assert (worker_env["STREAMFAN_HOST"], worker_env["STREAMFAN_PORT"]) == (host, str(port))
+        # --workers 2: one supervisor, two worker processes under it.
+        (supervisor_pid,) = state.pids["worker"]
+        workers = await asyncio.wait_for(logs.ready_pids(2), 30)
+        assert workers == children_of(supervisor_pid)
+        for pid in workers:
+            worker_env = environ_of(pid)
+            assert (worker_env["STREAMFAN_HOST"], worker_env["STREAMFAN_PORT"]) == (host, str(port))
 
         follow = await streamfan(env, elsewhere, "submit", "hi", "--follow")
         assert follow.code == 0, follow.err
@@ -147,7 +154,8 @@ async def test_every_command_in_another_terminal_uses_the_running_up(tmp_path: P
     finally:
         if up.returncode is None:
             up.send_signal(signal.SIGINT)
-    assert await asyncio.wait_for(up.wait(), 30) == 0, "".join(seen)
+    assert await asyncio.wait_for(up.wait(), 30) == 0, "".join(seen + logs.lines)
+    await logs.reader
     assert not exists(path), "a clean exit leaves no state file"
 
 

@@ -33,8 +33,8 @@ from .test_worker_failover import slow_reply
 READY = re.compile(r"\[pid (\d+)\] worker\.app: worker ready")
 
 
-class Supervisor:
-    """A `streamfan worker --processes N` child, its log lines collected as they come."""
+class Logged:
+    """A child process whose stderr log lines are collected as they come."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -83,7 +83,7 @@ def free_port_pair() -> int:
 @asynccontextmanager
 async def supervisor(
     settings: Settings, processes: int, *, metrics_port: int = 0
-) -> AsyncIterator[Supervisor]:
+) -> AsyncIterator[Logged]:
     env = settings_env(settings)
     if metrics_port:
         env["STREAMFAN_WORKER_METRICS_PORT"] = str(metrics_port)
@@ -93,7 +93,7 @@ async def supervisor(
         sys.executable, "-m", "cli", "worker", "--processes", str(processes),
         env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    sup = Supervisor(proc)
+    sup = Logged(proc)
     try:
         yield sup
     finally:
