@@ -3,7 +3,7 @@
 On any drop — a killed gateway, a ``too_slow`` or ``unavailable`` error, a closed
 socket, or now and then its own choice — it reconnects to a random gateway and
 subscribes with ``from`` = the last id it saw (``"0"`` before the first), as
-design.md tells every client to. It records what it received in a
+docs/protocol.md tells every client to. It records what it received in a
 :class:`~chaos.verdict.ReaderLog` for the verdict.
 """
 

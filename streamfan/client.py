@@ -34,14 +34,15 @@ from streamfan.keys import JOB_FUNCTION, new_stream_id, validate_stream_id
 from streamfan.positions import ZERO, format_id, parse_id, validate_position
 from streamfan.protocol import GONE
 from streamfan.recovery import Deliver, End, Read, Reader, Refuse, Wait
+from streamfan.redis_edge import redis_errors
 from streamfan.requests import validate_chat_request
+from streamfan.scripts import Reply
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
 from streamfan.store import (
     StreamMeta,
     create_meta,
     read_meta,
-    redis_errors,
     request_cancel,
 )
 from streamfan.tokens import mint_token
@@ -188,7 +189,7 @@ class Client:
             retention_s=s.retention_s,
             maxlen=s.maxlen,
         )
-        if status == "not_found":
+        if status == Reply.NOT_FOUND:
             raise StreamNotFound(stream_id)
         return status
 
