@@ -19,7 +19,11 @@ import httpx
 import orjson
 
 from cli import upstate
+from cli.commands import DEFAULT_MODEL
+from cli.up import DEMO_REPLY_TOKENS
 from streamfan.client import Client
+from streamfan.mock.options import Defaults
+from streamfan.mock.script import Script
 from streamfan.settings import Settings
 from streamfan.tokens import verify_token
 
@@ -112,7 +116,10 @@ async def test_every_command_in_another_terminal_uses_the_running_up(tmp_path: P
         assert match, follow.err
         stream_id = match.group(1)
         reply = follow.out.rstrip("\n")
-        assert len(reply) > 100  # the mock's reply, streamed
+        # Exactly what up's mock says to this request, with up's server defaults.
+        body = {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        script = Script.from_request(body, Defaults(reply_tokens=DEMO_REPLY_TOKENS))
+        assert reply == script.expected_message().as_message()["content"]
         assert f"page: {state.gateway_urls[0]}/?stream={stream_id}&token=" in follow.err
 
         # The same reply, as the run's Redis holds it.
