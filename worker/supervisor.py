@@ -18,7 +18,8 @@ restart it after a delay). The rules:
   dropped; the supervisor is finished when every child has exited.
 - With ``--burst`` a child that exits 0 has run the queue dry: it stays stopped.
 
-The exit code: 1 if it gave up or a child exited other than 0 once stopping, else 0.
+The exit code: 1 if it gave up or a child's exit once stopping was neither 0 nor
+death by the signal passed on to it, else 0.
 """
 
 from __future__ import annotations
@@ -109,8 +110,11 @@ class Supervision:
         self.slots = [Slot() for _ in range(processes)]
         self.stopping = False
         self.gave_up = False
-        #: A child's exit after the stop (or a burst child's last) was not 0.
+        #: A child's exit after the stop was not a clean one (see ``_clean_codes``).
         self.unclean = False
+        #: 0, and death by a signal we passed on (a child still starting has no
+        #: handler yet: SIGTERM kills it, -15; Python's SIGINT default exits 130).
+        self._clean_codes = {0}
 
     def start(self, now: float) -> list[Action]:
         return [self._spawn(i, now) for i in range(len(self.slots))]
@@ -127,7 +131,7 @@ class Supervision:
             return []  # not a child we know of as running: nothing to decide
         if self.stopping or (self.burst and code == 0):
             slot.state = SlotState.STOPPED
-            self.unclean = self.unclean or code != 0
+            self.unclean = self.unclean or code not in self._clean_codes
             return []
         healthy = now - slot.started_at >= self.backoff.healthy_s
         slot.failures = 1 if healthy else slot.failures + 1
@@ -160,6 +164,7 @@ class Supervision:
     def _stop(self, signum: int | None) -> list[Action]:
         self.stopping = True
         sig = int(signal.SIGTERM) if signum is None else signum
+        self._clean_codes |= {-sig, 128 + sig}
         actions: list[Action] = []
         for i, slot in enumerate(self.slots):
             if slot.state is SlotState.WAITING:

@@ -86,6 +86,17 @@ def test_a_child_that_fails_while_stopping_makes_the_exit_code_1() -> None:
     assert sup.finished and sup.exit_code == 1
 
 
+def test_a_child_killed_by_the_signal_passed_on_stopped_cleanly() -> None:
+    # A child still starting has no handler yet: the signal itself ends it.
+    sup = Supervision(3)
+    sup.start(0.0)
+    sup.signal(TERM)
+    sup.exited(0, -TERM, 0.1)
+    sup.exited(1, 128 + TERM, 0.1)
+    sup.exited(2, 0, 0.2)
+    assert sup.finished and sup.exit_code == 0
+
+
 def test_in_burst_mode_a_child_that_ran_the_queue_dry_stays_stopped() -> None:
     sup = Supervision(2, burst=True)
     sup.start(0.0)
