@@ -79,6 +79,11 @@ class Keys:
         return self.base(stream_id) + LEASE_SUFFIX
 
     @property
+    def durability(self) -> str:
+        """String (with a TTL): written just before a WAITAOF, so it covers every earlier write."""
+        return f"{self.prefix}:durability"
+
+    @property
     def cancel_channel(self) -> str:
         """Pub/sub channel: stream ids whose jobs were cancelled (workers listen)."""
         return f"{self.prefix}:cancel"
@@ -115,3 +120,8 @@ class Meta:
     LAST_ID = "last_id"
     #: How many events the current attempt has written (makes writes idempotent).
     SEQ = "seq"
+    #: With STREAMFAN_DURABLE_FINISH: the terminal event an attempt decided on, and
+    #: the status it leaves, written (and made durable) before the terminal entry.
+    #: A next attempt that finds them writes that end instead of generating again.
+    FINISHING = "finishing"
+    FINISHING_STATUS = "finishing_status"

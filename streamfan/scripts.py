@@ -172,6 +172,16 @@ end
 if is_finished(status) then return {R_FINISHED, status} end
 local holder = redis.call('GET', lease)
 if holder and holder ~= token then return {R_BUSY, redis.call('PTTL', lease)} end
+local finishing = redis.call('HGET', meta, M_FINISHING)
+if finishing then
+  -- An attempt decided how the stream ends and waited until that was on disk
+  -- (STREAMFAN_DURABLE_FINISH), but its terminal entry was lost (an AOF tail cut
+  -- by a crash): write that end again rather than generate a different reply.
+  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
+  append(ARGV[10], {finishing}, 1, 1)
+  finish(final, now, ARGV[9])
+  return {R_FINISHED, final}
+end
 if redis.call('HGET', meta, M_CANCEL) then
   append(ARGV[10], {ARGV[8]}, 1, 1)
   finish(S_CANCELLED, now, ARGV[9])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,9 +29,10 @@ from streamfan.events import Event
 from streamfan.keys import Keys, Meta
 from streamfan.redis_edge import redis_errors
 from streamfan.scripts import Reply
-from streamfan.settings import Settings
+from streamfan.settings import DURABLE_OFF, Settings
 from streamfan.store import now_ms, stream_keys
 from worker.batcher import AppendBatcher, record
+from worker.durability import DurabilityBarrier, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,9 @@ class Publisher:
         self._append = r.register_script(scripts.APPEND)
         self._renew = r.register_script(scripts.RENEW)
         self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
+        self.durability = (
+            DurabilityBarrier(r, settings) if settings.durable_finish != DURABLE_OFF else None
+        )
 
     async def aclose(self) -> None:
         """Stop the batcher (the Redis client is the caller's to close)."""
@@ -171,7 +176,7 @@ class AttemptWriter:
         meta: dict[str, str] | None = None,
     ) -> list[str]:
         """Append ``batch``; with ``final_status`` the stream ends and gets its TTL."""
-        if not batch and not final_status:
+        if not batch and not final_status and not meta:
             return []
         # After an interrupted write the position is unknown: let the script
         # append after whatever is there rather than skip what may be new.
@@ -254,4 +259,30 @@ class AttemptWriter:
                 meta[Meta.FINISH_REASON] = str(terminal["finish_reason"])
         elif etype == events.ERROR:
             meta[Meta.ERROR] = events.encode_event(terminal).decode()
-        return await self.write([terminal], final_status=events.TERMINAL_STATUS[etype], meta=meta)
+        status = events.TERMINAL_STATUS[etype]
+        if self.publisher.durability is not None:
+            await self._make_end_durable(terminal, status, meta)
+        return await self.write([terminal], final_status=status, meta=meta)
+
+    async def _make_end_durable(self, terminal: Event, status: str, meta: dict[str, str]) -> None:
+        """Write the end into meta and wait until it (and every delta) is on disk.
+
+        Only then may readers be told (worker/durability.py). An interrupted wait
+        writes the marker again: a Redis that came back may have lost it.
+        """
+        assert self.publisher.durability is not None
+        marker = {
+            **meta,
+            Meta.FINISHING: events.encode_event(terminal).decode(),
+            Meta.FINISHING_STATUS: status,
+        }
+        deadline = time.monotonic() + self.publisher.settings.durable_finish_timeout_s
+        while True:
+            await self.write([], meta=marker)
+            outcome = await self.publisher.durability.wait()
+            if outcome is not Outcome.INTERRUPTED or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # waits-on-time-ok: Redis just went away; not a spin
+        if outcome is not Outcome.DURABLE:
+            log.warning("stream %s: finishing without a durable end (%s)", self.stream_id,
+                        outcome.value)  # fmt: skip
