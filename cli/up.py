@@ -159,7 +159,9 @@ class Up:
         settings = Settings.from_env(self.env)
         # One command for every worker process: `streamfan worker --processes N`
         # restarts one that dies, as a deployment's would.
-        self._spawn("worker", "worker", "--processes", str(workers))
+        supervisor = self._spawn("worker", "worker", "--processes", str(workers))
+        shown = "1 process" if workers == 1 else f"{workers} processes, one supervisor"
+        print(f"workers   {shown} (pid {supervisor.pid})", flush=True)
         return settings, ports
 
     def record(self, ports: list[int]) -> Path:
