@@ -82,7 +82,7 @@ def free_port_pair() -> int:
 
 @asynccontextmanager
 async def supervisor(
-    settings: Settings, processes: int, *, metrics_port: int = 0
+    settings: Settings, processes: int, *extra: str, metrics_port: int = 0
 ) -> AsyncIterator[Logged]:
     env = settings_env(settings)
     if metrics_port:
@@ -90,7 +90,7 @@ async def supervisor(
     # One stream per process: two streams can only run on two processes.
     env["STREAMFAN_WORKER_MAX_JOBS"] = "1"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "worker", "--processes", str(processes),
+        sys.executable, "-m", "cli", "worker", "--processes", str(processes), *extra,
         env=env, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     sup = Logged(proc)
@@ -220,3 +220,15 @@ async def test_a_killed_supervisor_takes_its_workers_with_it(pipeline_settings: 
         await sup.reader  # the children wrote to the same pipe: every line is in
         for pid in children:
             assert f"[pid {pid}] arq.worker: shutdown on SIGTERM" in "".join(sup.lines)
+
+
+async def test_in_burst_mode_the_processes_run_the_queue_dry_and_the_supervisor_exits_0(
+    pipeline_settings: Settings, client: Client
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "quick"}]}
+    ids = [(await client.submit(body)).stream_id for _ in range(4)]
+    async with supervisor(pipeline_settings, 2, "--burst") as sup:
+        assert await asyncio.wait_for(sup.proc.wait(), 60) == 0
+    assert not [line for line in sup.lines if "restarting" in line]
+    results = [await asyncio.wait_for(client.result(i), 10) for i in ids]
+    assert [r.message for r in results] == [expected_message(body)] * 4
