@@ -1,10 +1,7 @@
 """The gateway: websockets ``serve``, auth at the handshake, one handler per connection.
 
-::
-
-    async with Gateway(settings.replace(port=0)) as gw:
-        url = gw.url                     # ws://127.0.0.1:PORT
-        ...
+Embedding one (``async with Gateway(settings.replace(port=0)) as gw``) is shown,
+and run by the suite, in docs/protocol.md#running-it.
 
 The handler of a connection only reads: it parses each client frame
 (:mod:`streamfan.protocol`), checks it against the connection's
@@ -16,6 +13,7 @@ connection's :class:`~gateway.peer.Peer`, in order, without waiting on the socke
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -31,7 +29,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, memory, metrics
+from gateway import auth, memory, metrics, wire
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
@@ -39,9 +37,10 @@ from gateway.live import Live
 from gateway.peer import Flusher, Peer
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
-from streamfan import events, protocol, store
+from streamfan import events, protocol, redact, store
 from streamfan.errors import ConfigError, RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
+from streamfan.scripts import Reply
 from streamfan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,6 +98,10 @@ class Gateway:
                 "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
                 "reach this gateway may read and cancel EVERY stream"
             )
+        # websockets logs each handshake's request line and headers (?token=,
+        # Authorization) at DEBUG on this logger: scrubbed here too, for an
+        # application that embeds the gateway with handlers of its own.
+        redact.guard(connection_log, s.secrets)
         pool = aioredis.BlockingConnectionPool.from_url(
             s.events_url,
             max_connections=s.read_pool_size,
@@ -136,7 +139,7 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=memory.Connection,
+                create_connection=wire.Connection,
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -282,6 +285,8 @@ class Gateway:
             close_timeout_s=self.tuning.close_timeout_s,
             on_cut=hub.detach,
         )
+        if isinstance(ws, wire.Connection):
+            ws.on_control = functools.partial(self._on_control, peer)
         self.peers.add(peer)
         self._trim.opened(len(self.peers))
         self.metrics.connections_total += 1
@@ -311,6 +316,8 @@ class Gateway:
         finally:
             if expiry is not None:
                 expiry.cancel()
+            if isinstance(ws, wire.Connection):
+                ws.on_control = None
             hub.detach(peer)
             self.peers.discard(peer)
             await peer.wait_closed()
@@ -318,11 +325,8 @@ class Gateway:
     async def _on_frame(self, peer: Peer, frame: str | bytes) -> None:
         if peer.closing:
             return
-        s = self.settings
         if not peer.session.admit(asyncio.get_running_loop().time()):
-            self.metrics.flood_disconnects += 1
-            log.info("client %s flooding: cut", peer.ws.remote_address)
-            peer.cut(CloseCode.FLOOD, f"flood: more than {s.max_messages_per_s:g} messages/s")
+            self._flood(peer)
             return
         op = protocol.parse_frame(frame)
         if not isinstance(op, Invalid):
@@ -341,6 +345,17 @@ class Gateway:
         elif isinstance(op, Cancel):
             await self._cancel(peer, op.stream)
 
+    def _on_control(self, peer: Peer) -> None:
+        """A PING or PONG from the client: a message like any other to the flood limit."""
+        if not peer.closing and not peer.session.admit(asyncio.get_running_loop().time()):
+            self._flood(peer)
+
+    def _flood(self, peer: Peer) -> None:
+        self.metrics.flood_disconnects += 1
+        log.info("client %s flooding: cut", peer.ws.remote_address)
+        rate = self.settings.max_messages_per_s
+        peer.cut(CloseCode.FLOOD, f"flood: more than {rate:g} messages/s")
+
     async def _cancel(self, peer: Peer, stream_id: str) -> None:
         s = self.settings
         assert self._redis is not None
@@ -356,11 +371,11 @@ class Gateway:
         except RedisUnavailable:
             code, message = protocol.UNAVAILABLE, "Redis is unavailable; cancel again shortly"
         else:
-            if status != "not_found":
+            if status != Reply.NOT_FOUND:
                 log.info("stream %s: cancel requested by a subscriber (%s)", stream_id, status)
                 # The store says "cancelling" for a running job it flagged; the
                 # answer gives the stream's status, as every other message does.
-                status = events.STATUS_RUNNING if status == "cancelling" else status
+                status = events.STATUS_RUNNING if status == Reply.CANCELLING else status
                 peer.send(protocol.cancelling(stream_id, status))
                 return
             code, message = protocol.NOT_FOUND, f"stream {stream_id!r} not found"

@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from streamfan.store import redis_errors
+from streamfan.redis_edge import redis_errors
 
 #: arq's in-progress key prefix (arq.constants.in_progress_key_prefix).
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
