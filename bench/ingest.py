@@ -164,7 +164,7 @@ async def one(
 
 
 def bound(row: dict[str, Any]) -> str:
-    """Which part limited a row: ``worker``, ``upstream``, ``machine`` or ``none``.
+    """Which part limited a row: ``worker``, ``upstream``, ``machine``, ``behind`` or ``none``.
 
     ``worker`` only when the worker process ran at (nearly) a whole core and the
     upstream did not: then chunks per second over the worker's cores is what one
@@ -177,6 +177,8 @@ def bound(row: dict[str, Any]) -> str:
         return "worker"
     if row["machine_busy_cores"] >= 0.9 * (os.cpu_count() or 1):
         return "machine"
+    if row["delivered_fraction"] < 0.95:
+        return "behind"  # fell behind with no part saturated (by these thresholds)
     return "none"
 
 

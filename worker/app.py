@@ -154,8 +154,8 @@ class StreamfanWorker(Worker):
         and takes the job's hold (so the attempt does not) in one. It also
         declines a job while :class:`~worker.admission.Admission` says this worker
         has no room and another worker claims some, until the job has waited
-        ``MAX_WAIT_S``. The bookkeeping
-        (semaphore, ``job_counter``, ``tasks``) is arq's own, as in its method.
+        ``MAX_WAIT_S``. The bookkeeping (semaphore, ``job_counter``, ``tasks``) is
+        arq's own, as in its method.
         """
         state: WorkerState | None = self.ctx.get(STATE_KEY)
         admission: Admission | None = self.ctx.get(ADMISSION_KEY)
@@ -175,7 +175,12 @@ class StreamfanWorker(Worker):
                 return
             self.job_counter += 1
             job_id = job_id_b.decode()
-            outcome, score = await self._starter.start(job_id, due_before)
+            try:
+                outcome, score = await self._starter.start(job_id, due_before)
+            except BaseException:
+                self.job_counter -= 1
+                self.sem.release()
+                raise
             if outcome != "start":
                 self.job_counter -= 1
                 self.sem.release()

@@ -7,10 +7,13 @@ import time
 import redis.asyncio as aioredis
 
 from streamfan import events
+from streamfan.client import Client
 from streamfan.events import decode_event
 from streamfan.settings import Settings
 from streamfan.store import create_meta
+from tests.integration.conftest import RunningWorker
 from worker.admission import Admission, room_key
+from worker.app import ADMISSION_KEY
 from worker.arqhold import ARQ_IN_PROGRESS_PREFIX, JobStarter
 from worker.metrics import WorkerMetrics
 from worker.publisher import Publisher
@@ -123,3 +126,25 @@ async def test_a_worker_announces_room_and_withdraws_it_when_busy(aredis: aiored
     await a._announce()
     await a.stop()  # a stopping worker withdraws too
     assert await aredis.zcard(key) == 0
+
+
+async def test_a_busy_worker_leaves_a_new_job_to_a_worker_with_room(
+    pipeline_settings: Settings, client: Client
+) -> None:
+    async with RunningWorker(pipeline_settings) as busy, RunningWorker(pipeline_settings) as free:
+        jammed: Admission = busy.worker.ctx[ADMISSION_KEY]
+        jammed.lag_limit_s = 0.0  # any lag at all is too much: this worker has no room
+        jammed.sample(0.0)
+        await jammed._announce()  # withdraws its room
+        roomy: Admission = free.worker.ctx[ADMISSION_KEY]
+        await roomy._announce()
+        for _ in range(3):
+            sub = await client.submit(
+                {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            )
+            await client.result(sub.stream_id)
+
+        def ran(w: RunningWorker) -> float:
+            return w.state.metrics.attempts.labels("done")._value.get()
+
+        assert (ran(busy), ran(free)) == (0, 3)
