@@ -78,7 +78,7 @@ def body(tokens: int, ttft_ms: float, rate: float = 0.0) -> dict[str, Any]:
 
 
 async def measure(sf: Client, ws: Watcher, jobs: int, ttft_ms: float) -> dict[str, Any]:
-    added, start, submit = [], [], []
+    added, start, submit, ids = [], [], [], []
     for i in range(jobs):
         t0 = time.perf_counter()
         sub = await sf.submit(body(4, ttft_ms))
@@ -92,6 +92,7 @@ async def measure(sf: Client, ws: Watcher, jobs: int, ttft_ms: float) -> dict[st
         submit.append((t1 - t0) * 1000)
         start.append((t_start - t0) * 1000)
         added.append((t_delta - t0) * 1000 - ttft_ms)
+        ids.append(sub.stream_id)
         if (i + 1) % 10 == 0:
             progress(f"ttft: {i + 1}/{jobs} jobs")
     return {
@@ -99,6 +100,11 @@ async def measure(sf: Client, ws: Watcher, jobs: int, ttft_ms: float) -> dict[st
         "added_ms": report.summary(added),
         "to_start_event_ms": report.summary(start),
         "submit_call_ms": report.summary(submit),
+        # The slowest jobs by stream id, to find them in the worker's log.
+        "slowest": sorted(
+            ({"stream_id": i, "added_ms": a} for i, a in zip(ids, added, strict=True)),
+            key=lambda j: -j["added_ms"],
+        )[:3],
     }
 
 
