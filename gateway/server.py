@@ -32,12 +32,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, memory, metrics
+from gateway import auth, doors, memory, metrics
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.live import Live
 from gateway.peer import Flusher, Peer
+from gateway.router import router_factory
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
 from streamfan import events, protocol, store
@@ -77,6 +78,7 @@ class Gateway:
         self._live: Live | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
+        self._doors: doors.Doors | None = None
         self._trim = memory.TrimPolicy(
             self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
         )
@@ -127,6 +129,10 @@ class Gateway:
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
         }
         self._hub.start()
+        self._doors = doors.Doors(
+            doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
+        )
+        self._doors.start()
         self._hub.spawn(
             memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
             name="reclaim",
@@ -137,7 +143,12 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=memory.Connection,
+                # The HTTP doors stream responses, which websockets cannot: a
+                # router reads each connection's first request head and hands
+                # it to the doors or to websockets (gateway/router.py).
+                create_connection=router_factory(
+                    doors.is_door, self._doors.handle, memory.Connection
+                ),
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -164,6 +175,8 @@ class Gateway:
         self._stopping = code
         for peer in list(self.peers):
             peer.cut(code)
+        if self._doors is not None:
+            self._doors.stop()
         await server.wait_closed()
         await self._hub_().stop()
         if self._redis is not None:

@@ -198,9 +198,15 @@ class Client:
         return status
 
     def token(
-        self, stream_ids: Iterable[str], *, ttl_s: float | None = None, cancel: bool = False
+        self,
+        stream_ids: Iterable[str],
+        *,
+        ttl_s: float | None = None,
+        cancel: bool = False,
+        submit: bool = False,
     ) -> str:
-        """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``)."""
+        """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``); ``submit``: it may
+        also submit through the gateway's OpenAI-compatible door."""
         if not self.settings.jwt_secret:
             raise TokenError("no JWT secret configured (STREAMFAN_JWT_SECRET)")
         return mint_token(
@@ -208,6 +214,7 @@ class Client:
             stream_ids,
             ttl_s=ttl_s or self.settings.token_ttl_s,
             cancel=cancel,
+            submit=submit,
         )
 
     def _mint(self, stream_ids: list[str]) -> str | None:

@@ -91,6 +91,19 @@ def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+#: The shortest key ``STREAMFAN_API_KEYS`` accepts (a guessable key is no key).
+MIN_API_KEY_BYTES = 32
+
+
+def _api_keys(raw: str) -> tuple[str, ...]:
+    keys = _csv(raw)
+    for i, key in enumerate(keys, 1):
+        if len(key.encode()) < MIN_API_KEY_BYTES:
+            # Never the key itself: errors are printed and logged.
+            raise ValueError(f"key {i} is {len(key.encode())} bytes; each needs at least 32")
+    return keys
+
+
 def _prefix(raw: str) -> str:
     # Printable ASCII only: key names travel inside the worker's batched append
     # record (scripts.APPEND_MANY), where spaces, newlines and control bytes
@@ -107,8 +120,11 @@ def _log_level(raw: str) -> str:
     return level
 
 
-def setting(default: Any, doc: str, cast: Callable[[str], Any]) -> Any:
-    return field(default=default, metadata={"doc": doc, "cast": cast})
+def setting(default: Any, doc: str, cast: Callable[[str], Any], *, secret: bool = False) -> Any:
+    """A field read from ``STREAMFAN_<NAME>``; a ``secret`` is never shown (repr, errors)."""
+    return field(
+        default=default, repr=not secret, metadata={"doc": doc, "cast": cast, "secret": secret}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +191,9 @@ class Settings:
     port: int = setting(DEFAULT_PORT, "Gateway listen port (0 = pick a free one)", _port)
     insecure_no_auth: bool = setting(False, "Serve without tokens (development only)", _bool)
     allowed_origins: tuple[str, ...] = setting(
-        (), "Comma-separated Origins allowed to open a WebSocket (empty = any)", _csv
+        (),
+        "Comma-separated Origins allowed to open a WebSocket or call an HTTP door (empty = any)",
+        _csv,
     )
     max_subscriptions: int = setting(100, "Subscriptions per connection", _positive_int)
     max_frame_bytes: int = setting(
@@ -194,6 +212,17 @@ class Settings:
     )
     compression: bool = setting(False, "permessage-deflate (off: encode once)", _bool)
     read_pool_size: int = setting(8, "Redis connections for history reads", _positive_int)
+    api_keys: tuple[str, ...] = setting(
+        (),
+        "Comma-separated keys (32+ bytes each) that may submit through /v1/chat/completions",
+        _api_keys,
+        secret=True,
+    )
+    submits_per_minute: float = setting(
+        120.0,
+        "Submits per credential per minute on /v1/chat/completions (then 429)",
+        _positive_float,
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -209,7 +238,8 @@ class Settings:
                 try:
                     values[f.name] = f.metadata["cast"](raw)
                 except ValueError as exc:
-                    raise ConfigError(name, f"invalid value {raw!r}: {exc}") from None
+                    shown = "" if f.metadata["secret"] else f" {raw!r}"
+                    raise ConfigError(name, f"invalid value{shown}: {exc}") from None
         for key, value in overrides.items():
             if value is None:
                 continue
