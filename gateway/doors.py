@@ -64,7 +64,7 @@ STATUS_FOR_CODE: dict[str, int] = {
     protocol.FORBIDDEN: 403,
     protocol.NOT_FOUND: 404,
     "method_not_allowed": 405,
-    "conflict": 409,
+    "idempotency_conflict": 409,
     protocol.GONE: 410,
     "request_too_large": 413,
     "rate_limited": 429,

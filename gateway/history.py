@@ -57,6 +57,16 @@ class History:
             raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
         return result
 
+    async def meta_fields(self, stream_id: str, names: Sequence[str]) -> list[bytes | None]:
+        """Some fields of a stream's meta (None for each it lacks), in one round trip."""
+        try:
+            got: list[bytes | None] = await self.r.hmget(  # type: ignore[misc]
+                self.keys.meta(stream_id), list(names)
+            )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+            raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
+        return got
+
     async def ping(self) -> bool:
         try:
             return bool(await self.r.ping())

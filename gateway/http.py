@@ -26,11 +26,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from streamfan.requests import MAX_REQUEST_BYTES
+
 log = logging.getLogger(__name__)
 
-#: Request bodies larger than this are refused with 413 (the OpenAI door's documented limit).
-MAX_BODY_BYTES = 4 * 1024 * 1024
-SERVER = b"streamfan"
+#: Request bodies larger than this are refused with 413: the most a chat request
+#: may be (it would sit in Redis twice, as the job and in the queue).
+MAX_BODY_BYTES = MAX_REQUEST_BYTES
+#: After a 413, how long the rest of the refused body may take to arrive.
+REFUSED_BODY_WAIT_S = 10.0
 
 HttpHandler = Callable[["Exchange"], Awaitable[None]]
 
@@ -155,6 +159,8 @@ class HttpConnection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self.lost = False
+        #: A 413 went out: the rest of the body is read and dropped, then we close.
+        self._refusing = False
 
     # --- asyncio's side -------------------------------------------------------------
 
@@ -167,7 +173,7 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._h11.receive_data(data)
-        if self._exchange is None:
+        if self._exchange is None or self._refusing:
             self._process()
 
     def eof_received(self) -> bool | None:
@@ -210,9 +216,13 @@ class HttpConnection(asyncio.Protocol):
         )
         assert self._request is not None
         exchange = Exchange(self, self._request, b"")
-        self._exchange = exchange
+        # Read the rest of the body (and drop it) before closing: a client still
+        # sending when the socket closes gets a reset instead of the answer.
+        self._refusing = True
         exchange.respond(413, body, headers=[("Connection", "close")])
-        self.close()
+        self._body = bytearray()
+        asyncio.get_running_loop().call_later(REFUSED_BODY_WAIT_S, self.abort)
+        self._process()
 
     def _process(self) -> None:
         while self._exchange is None and not self.lost:
@@ -223,6 +233,11 @@ class HttpConnection(asyncio.Protocol):
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
+            if self._refusing:
+                if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    self.close()
+                    return
+                continue
             if isinstance(event, h11.Request):
                 self._request = event
                 self._body = bytearray()
@@ -286,6 +301,8 @@ class HttpConnection(asyncio.Protocol):
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
             self._process()
+        elif self._refusing:
+            return  # closed once the refused body is read
         elif self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED) or (
             self._h11.their_state in (h11.MUST_CLOSE, h11.CLOSED)
         ):

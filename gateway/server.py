@@ -37,6 +37,7 @@ from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.live import Live
+from gateway.openai import OpenAIDoor
 from gateway.peer import Flusher, Peer
 from gateway.router import router_factory
 from gateway.session import Session
@@ -79,6 +80,7 @@ class Gateway:
         self._history: History | None = None
         self._flusher: Flusher | None = None
         self._doors: doors.Doors | None = None
+        self._openai: OpenAIDoor | None = None
         self._trim = memory.TrimPolicy(
             self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
         )
@@ -133,6 +135,7 @@ class Gateway:
             doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
         )
         self._doors.start()
+        self._openai = OpenAIDoor(self._doors)
         self._hub.spawn(
             memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
             name="reclaim",
@@ -179,6 +182,8 @@ class Gateway:
             self._doors.stop()
         await server.wait_closed()
         await self._hub_().stop()
+        if self._openai is not None:
+            await self._openai.aclose()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
         log.info("gateway stopped")

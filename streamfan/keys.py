@@ -106,3 +106,8 @@ class Meta:
     LAST_ID = "last_id"
     #: How many events the current attempt has written (makes writes idempotent).
     SEQ = "seq"
+    #: Written by the gateway's OpenAI door at submit: the SHA-256 of the request
+    #: (a second submit with its ``Idempotency-Key`` must match it, else 409)...
+    REQUEST_DIGEST = "request_digest"
+    #: ...and whether it asked for the usage chunk (``stream_options.include_usage``).
+    INCLUDE_USAGE = "include_usage"

@@ -55,13 +55,15 @@ end
 """
 
 #: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
-#: ARGV: now_ms, model, owner, queued_ttl_ms
+#: ARGV: now_ms, model, owner, queued_ttl_ms[, field, value]... (more meta fields,
+#: written with the rest: the OpenAI door's request digest, say)
 CREATE: Final = (
     _COMMON
     + r"""
 if redis.call('EXISTS', meta) == 1 then return 0 end
 redis.call('HSET', meta, 'status', 'queued', 'created_at', ARGV[1], 'updated_at', ARGV[1],
            'model', ARGV[2], 'owner', ARGV[3], 'attempt', 0, 'seq', 0)
+for i = 5, #ARGV - 1, 2 do redis.call('HSET', meta, ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', meta, ARGV[4])
 return 1
 """

@@ -8,7 +8,7 @@ the scripts both use are in :mod:`streamfan.scripts`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -133,13 +133,22 @@ async def read_meta(r: aioredis.Redis, keys: Keys, stream_id: str) -> StreamMeta
 
 
 async def create_meta(
-    r: aioredis.Redis, keys: Keys, stream_id: str, *, model: str, owner: str | None
+    r: aioredis.Redis,
+    keys: Keys,
+    stream_id: str,
+    *,
+    model: str,
+    owner: str | None,
+    fields: Mapping[str, str] | None = None,
 ) -> bool:
-    """Write a queued stream's meta unless it exists; True if this call created it."""
+    """Write a queued stream's meta unless it exists; True if this call created it.
+
+    ``fields``: more meta fields written in the same step (names from :class:`Meta`)."""
+    extra = [part for item in (fields or {}).items() for part in item]
     async with redis_errors():
         created = await r.register_script(scripts.CREATE)(
             stream_keys(keys, stream_id),
-            [now_ms(), model, owner or "", int(QUEUED_TTL_S * 1000)],
+            [now_ms(), model, owner or "", int(QUEUED_TTL_S * 1000), *extra],
         )
     return bool(created)
 
