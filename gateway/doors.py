@@ -32,7 +32,7 @@ import orjson
 
 from gateway import auth, sse
 from gateway.history import History
-from gateway.http import Exchange
+from gateway.http import Exchange, HttpConnection
 from gateway.httpsink import HttpCodec, HttpSink
 from gateway.hub import Hub
 from gateway.metrics import Metrics
@@ -116,6 +116,10 @@ class Doors:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.sinks: set[HttpSink] = set()
+        #: Open HTTP connections, streaming or idle (gateway.router.HttpDoors).
+        self.connections: set[HttpConnection] = set()
+        self.head_timeout_s = ctx.settings.handshake_timeout_s
+        self.idle_s = ctx.tuning.http_idle_s
         self._expiries: dict[HttpSink, asyncio.TimerHandle] = {}
         #: ``/v1/…`` (the OpenAI-compatible door, :mod:`gateway.openai`, which
         #: builds on this module and mounts itself here).
@@ -127,6 +131,10 @@ class Doors:
     def stop(self) -> None:
         for sink in list(self.sinks):
             sink.cut(CloseCode.GOING_AWAY)
+        # Idle keep-alive connections, and requests still waiting for a reply
+        # (stream: false): a client retries elsewhere.
+        for conn in list(self.connections):
+            conn.close()
 
     # --- helpers for every door ----------------------------------------------------------
 
@@ -239,7 +247,7 @@ class Doors:
         if events_path:
             rest = rest[: -len(EVENTS_SUFFIX)]
         stream_id = unquote(rest)
-        if ex.method not in ("GET", "HEAD"):
+        if ex.method != "GET":
             self.fail(
                 ex,
                 "method_not_allowed",

@@ -146,11 +146,26 @@ class Exchange:
 
 
 class HttpConnection(asyncio.Protocol):
-    """One HTTP connection after the router handed it over."""
+    """One HTTP connection after the router handed it over.
 
-    def __init__(self, conn: h11.Connection, first: h11.Request, handler: HttpHandler) -> None:
+    It stays in ``connections`` while open (the gateway closes them when it
+    stops), and closes itself after ``idle_s`` with no request in flight: an
+    idle keep-alive connection, or one whose request never arrives whole.
+    """
+
+    def __init__(
+        self,
+        conn: h11.Connection,
+        first: h11.Request,
+        handler: HttpHandler,
+        connections: set[HttpConnection],
+        idle_s: float,
+    ) -> None:
         self._h11 = conn
         self._handler = handler
+        self._connections = connections
+        self._idle_s = idle_s
+        self._idle: asyncio.TimerHandle | None = None
         self._request: h11.Request | None = first
         self._body = bytearray()
         self._exchange: Exchange | None = None
@@ -166,6 +181,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)
+        self._connections.add(self)
         assert self._request is not None
         if self._too_big(self._request):
             return
@@ -188,6 +204,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._connections.discard(self)
+        self._wait_idle(False)
         self._writable.set()
         exchange, self._exchange = self._exchange, None
         if exchange is not None and not exchange.finished:
@@ -224,7 +242,24 @@ class HttpConnection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(REFUSED_BODY_WAIT_S, self.abort)
         self._process()
 
+    def _wait_idle(self, on: bool) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if on and not self.lost:
+            self._idle = asyncio.get_running_loop().call_later(self._idle_s, self.close)
+
+    @property
+    def idle(self) -> bool:
+        """No request is being answered (closing it loses nothing)."""
+        return self._exchange is None
+
     def _process(self) -> None:
+        self._wait_idle(False)
+        self._process_events()
+        self._wait_idle(self._exchange is None)
+
+    def _process_events(self) -> None:
         while self._exchange is None and not self.lost:
             try:
                 event = self._h11.next_event()

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import h11
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.server import ServerProtocol
 
-from gateway.http import HttpConnection, HttpHandler
+from gateway.http import Exchange, HttpConnection
 
 #: Longest request head the router reads before it lets websockets refuse it.
 MAX_HEAD_BYTES = 16 * 1024
@@ -39,23 +39,37 @@ MAX_HEAD_BYTES = 16 * 1024
 class Router(asyncio.Protocol):
     """A connection until its first request head is read; then someone else's."""
 
-    __slots__ = ("_buffer", "_h11", "_handler", "_is_door", "_make_ws", "_transport")
+    __slots__ = (
+        "_buffer",
+        "_deadline",
+        "_doors",
+        "_h11",
+        "_is_door",
+        "_make_ws",
+        "_transport",
+    )
 
     def __init__(
         self,
         make_ws: Callable[[], ServerConnection],
         is_door: Callable[[h11.Request], bool],
-        handler: HttpHandler,
+        doors: HttpDoors,
     ) -> None:
         self._make_ws = make_ws
         self._is_door = is_door
-        self._handler = handler
+        self._doors = doors
+        self._deadline: asyncio.TimerHandle | None = None
         self._buffer = bytearray()
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)
+        # A client that connects and never sends a whole head is dropped, as
+        # websockets would drop it after its open_timeout.
+        self._deadline = asyncio.get_running_loop().call_later(
+            self._doors.head_timeout_s, self._transport.abort
+        )
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -66,8 +80,11 @@ class Router(asyncio.Protocol):
             event = None  # websockets answers what it cannot parse (400)
         if event is h11.NEED_DATA:
             return
+        if self._deadline is not None:
+            self._deadline.cancel()
         if isinstance(event, h11.Request) and self._is_door(event):
-            self._hand_to(HttpConnection(self._h11, event, self._handler))
+            d = self._doors
+            self._hand_to(HttpConnection(self._h11, event, d.handle, d.connections, d.idle_s))
         else:
             ws = self._make_ws()
             self._hand_to(ws)
@@ -84,12 +101,27 @@ class Router(asyncio.Protocol):
         return None  # closed before a whole head arrived
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
         self._transport = None
+
+
+class HttpDoors(Protocol):
+    """What the router needs of the doors."""
+
+    #: Open HTTP connections (closed by the gateway when it stops).
+    connections: set[HttpConnection]
+    #: How long a connection may take to send its first request head.
+    head_timeout_s: float
+    #: How long a connection may stay open with no request in flight.
+    idle_s: float
+
+    async def handle(self, exchange: Exchange) -> None: ...
 
 
 def router_factory(
     is_door: Callable[[h11.Request], bool],
-    handler: HttpHandler,
+    doors: HttpDoors,
     websocket: type[ServerConnection],
 ) -> type[ServerConnection]:
     """websockets' ``create_connection``: a :class:`Router` that builds ``websocket``
@@ -101,7 +133,7 @@ def router_factory(
 
         # websockets hands this object to the event loop as the connection's
         # protocol and touches it no further until its own connection_made.
-        return cast("ServerConnection", Router(make_ws, is_door, handler))
+        return cast("ServerConnection", Router(make_ws, is_door, doors))
 
     # Typed as websockets asks for it: a class; any callable with its signature works.
     return cast("type[ServerConnection]", create)

@@ -149,9 +149,7 @@ class Gateway:
                 # The HTTP doors stream responses, which websockets cannot: a
                 # router reads each connection's first request head and hands
                 # it to the doors or to websockets (gateway/router.py).
-                create_connection=router_factory(
-                    doors.is_door, self._doors.handle, memory.Connection
-                ),
+                create_connection=router_factory(doors.is_door, self._doors, memory.Connection),
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,

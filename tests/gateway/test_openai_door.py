@@ -12,7 +12,7 @@ import pytest
 from openai.types.chat import ChatCompletionChunk
 
 from tests.gateway.conftest import WAIT_S
-from tests.gateway.openai.conftest import KEY, Door, assembled, request
+from tests.gateway.doorstack import KEY, Door, assembled, door_fixture, request  # noqa: F401
 
 pytestmark = pytest.mark.timeout(90)
 

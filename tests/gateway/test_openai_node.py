@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.gateway.openai.conftest import KEY, Door, assembled_dicts
+from tests.gateway.doorstack import KEY, Door, assembled_dicts, door_fixture  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 
-NODE_DIR = Path(__file__).resolve().parents[2] / "node"
+NODE_DIR = Path(__file__).resolve().parent.parent / "node"
 SCRIPT = NODE_DIR / "door.mjs"
 
 

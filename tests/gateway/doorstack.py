@@ -1,4 +1,8 @@
-"""What the OpenAI-door tests share: the whole stack behind the gateway, and the SDK."""
+"""What the OpenAI-door tests share: the whole stack behind the gateway, and the SDK.
+
+A test module takes the ``door`` fixture with ``from tests.gateway.doorstack import
+door_fixture``.
+"""
 
 from __future__ import annotations
 
@@ -47,8 +51,8 @@ class Door:
         return out
 
 
-@pytest.fixture
-async def door(gw_settings: Settings, start_gateway: Any) -> AsyncIterator[Door]:
+@pytest.fixture(name="door")
+async def door_fixture(gw_settings: Settings, start_gateway: Any) -> AsyncIterator[Door]:
     async with MockUpstream() as mock:
         s = gw_settings.replace(
             upstream_base_url=mock.base_url, api_keys=(KEY,), retry_base_s=0.05, retry_max_s=0.1
