@@ -220,10 +220,11 @@ class Doors:
         interval = self.ctx.tuning.http_keepalive_s
         while True:
             await asyncio.sleep(interval)
-            now = time.monotonic()
             for sink in list(self.sinks):
-                if sink.exchange.started and now - sink.last_write >= interval:
+                # Silent for a whole interval (at most two): a comment.
+                if not sink.wrote and sink.exchange.started:
                     sink.send(sse.KEEPALIVE)
+                sink.wrote = False
 
     # --- routing ---------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -56,11 +55,13 @@ Refuser = Callable[[Exchange, str, str], None]
 
 class HttpSink:
     __slots__ = (
+        "_buffered",
         "_close_timeout_s",
         "_flusher",
         "_limit",
         "_metrics",
         "_on_cut",
+        "_paced",
         "_pending",
         "_pending_bytes",
         "_refuse",
@@ -69,8 +70,8 @@ class HttpSink:
         "codec",
         "exchange",
         "headers",
-        "last_write",
         "session",
+        "wrote",
     )
 
     def __init__(
@@ -101,8 +102,13 @@ class HttpSink:
         self._pending_bytes = 0
         self._scheduled = False
         self.closing = False
-        #: When bytes last went out (the keep-alive ticker reads it).
-        self.last_write = time.monotonic()
+        #: The transport's buffer after the last flush (it only shrinks until the
+        #: next), so the fan-out need not ask the transport for every batch.
+        self._buffered = 0
+        #: History is pending: it paces itself (the hub waits in drained()), not cut.
+        self._paced = False
+        #: Bytes went out since the keep-alive ticker last looked (it resets this).
+        self.wrote = True
 
     # --- the hub's side -------------------------------------------------------------
 
@@ -126,7 +132,18 @@ class HttpSink:
 
     def deliver(self, batch: Batch, first: int = 0) -> None:
         if first == 0:
-            self.send_shared(batch.shared(self.codec))
+            # The hot path, as gateway.peer.Peer.send_shared: no call it can spare.
+            if self.closing:
+                return
+            shared = batch.shared(self.codec)
+            if shared.size:
+                self._pending.append(shared)
+                self._pending_bytes += shared.size
+                if self._pending_bytes + self._buffered > self._limit:
+                    self._too_slow()
+                elif not self._scheduled:
+                    self._scheduled = True
+                    self._flusher.schedule(self)
         else:
             self.send(self.codec.join(batch.lines(self.codec)[first:]))
         if batch.status is not None:
@@ -163,31 +180,41 @@ class HttpSink:
         self._queued(True)
 
     def _queued(self, bounded: bool) -> None:
-        if bounded and self._pending_bytes + self.exchange.unsent_bytes() > self._limit:
-            self._metrics.slow_disconnects += 1
-            log.info("HTTP reader of %s too slow: cut", self.exchange.path)
-            self.cut(CloseCode.TOO_SLOW)
-        elif not self._scheduled:
+        if not bounded:
+            self._paced = True
+        elif self._pending_bytes + self._buffered > self._limit:
+            self._too_slow()
+            return
+        if not self._scheduled:
             self._scheduled = True
             self._flusher.schedule(self)
+
+    def _too_slow(self) -> None:
+        self._metrics.slow_disconnects += 1
+        log.info("HTTP reader of %s too slow: cut", self.exchange.path)
+        self.cut(CloseCode.TOO_SLOW)
 
     def flush(self) -> None:
         self._scheduled = False
         pending = self._pending
         if not pending or self.exchange.finished:
             return
-        size = self._pending_bytes
+        size, paced = self._pending_bytes, self._paced
         self._pending = []
         self._pending_bytes = 0
+        self._paced = False
         ex = self.exchange
         last = pending[-1]
         if len(pending) == 1 and isinstance(last, Shared) and ex.chunked:
             ex.write(last.wire())  # the common case: framed once for every reader
         else:
             ex.write(ex.frame(b"".join(p.payload if isinstance(p, Shared) else p for p in pending)))
-        self.last_write = time.monotonic()
+        self.wrote = True
         self._metrics.frames_sent += 1
         self._metrics.bytes_sent += size
+        self._buffered = ex.unsent_bytes()
+        if self._buffered > self._limit and not paced and not self.closing:
+            self._too_slow()
 
     def finish(self) -> None:
         """Write what is pending and end the response (the subscription is over)."""
