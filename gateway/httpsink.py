@@ -25,8 +25,9 @@ from gateway.batch import Batch, Codec, Shared
 from gateway.http import Exchange
 from gateway.metrics import Metrics
 from gateway.session import Session
+from streamfan import protocol
 from streamfan.page import Entry
-from streamfan.protocol import CloseCode
+from streamfan.protocol import CLOSE_REASONS, CloseCode
 
 if TYPE_CHECKING:
     from gateway.peer import Flusher
@@ -244,7 +245,8 @@ class HttpSink:
             self.closing = True
             self.exchange.abort()
             return
-        self.send(self.codec.failure(_CUT_CODES.get(code, "unavailable"), reason or code.name))
+        text = reason if reason is not None else CLOSE_REASONS[code]
+        self.send(self.codec.failure(_CUT_CODES.get(code, protocol.UNAVAILABLE), text))
         self.flush()
         self.closing = True
         self.exchange.finish()
@@ -258,7 +260,8 @@ class HttpSink:
             self._on_cut(self)
 
 
+#: The error code a cut response ends with (WebSocket close code → protocol code).
 _CUT_CODES: dict[CloseCode, str] = {
-    CloseCode.GOING_AWAY: "unavailable",
-    CloseCode.TOKEN_EXPIRED: "forbidden",
+    CloseCode.GOING_AWAY: protocol.UNAVAILABLE,
+    CloseCode.TOKEN_EXPIRED: protocol.FORBIDDEN,
 }

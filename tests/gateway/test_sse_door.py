@@ -206,3 +206,17 @@ def _read_all(sock: socket.socket) -> bytes:
         while chunk := sock.recv(65536):
             data += chunk
     return data
+
+
+async def test_a_reader_whose_token_expires_gets_an_error_event_and_the_response_ends(
+    gateway: Gateway, aredis: aioredis.Redis, gw_settings: Settings
+) -> None:
+    player = await (await Player(aredis, gw_settings).create()).begin()
+    short = token(gw_settings, ttl_s=1)
+    url = f"{gateway.http_url}/streams/{player.stream_id}/events?token={short}"
+    msgs = await read_sse(url)  # the stream never ends: only the expiry ends this
+    assert msgs[-1].event == "error"
+    assert orjson.loads(msgs[-1].data) == {"code": "forbidden", "message": "token expired"}
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        r = await http.get(url)  # the browser's reconnect: refused
+    assert r.status_code == 401
