@@ -13,7 +13,7 @@ read the stream (403), the id and position (400). Every refusal is JSON in
 OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``, the
 ``code`` being the WebSocket protocol's (``not_found``, ``gone``…).
 
-The OpenAI-compatible door (``/v1/chat/completions``) is :mod:`gateway.openai`.
+The OpenAI-compatible door (``/v1/chat/completions``) is :mod:`gateway.completions`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from gateway.session import Session
 from gateway.tuning import Tuning
 from streamfan import events, protocol
 from streamfan.assembler import Assembler
-from streamfan.errors import RedisUnavailable
+from streamfan.errors import InvalidEvent, RedisUnavailable
 from streamfan.keys import is_valid_stream_id
 from streamfan.page import terminal_status
 from streamfan.positions import FROM_START, ZERO, parse_id, parse_position
@@ -121,7 +121,7 @@ class Doors:
         self.head_timeout_s = ctx.settings.handshake_timeout_s
         self.idle_s = ctx.tuning.http_idle_s
         self._expiries: dict[HttpSink, asyncio.TimerHandle] = {}
-        #: ``/v1/…`` (the OpenAI-compatible door, :mod:`gateway.openai`, which
+        #: ``/v1/…`` (the OpenAI-compatible door, :mod:`gateway.completions`, which
         #: builds on this module and mounts itself here).
         self.v1: Callable[[Exchange], Awaitable[None]] | None = None
 
@@ -341,7 +341,7 @@ class Doors:
             for _eid, data in page.entries:
                 try:
                     assembler.feed(events.decode_event(data))
-                except Exception:  # a foreign row: every reader skips it
+                except InvalidEvent:  # a foreign row: every reader skips it
                     continue
                 if terminal_status(data) is not None:
                     return meta, assembler

@@ -33,11 +33,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from gateway import auth, doors, memory, metrics
+from gateway.completions import OpenAIDoor
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.live import Live
-from gateway.openai import OpenAIDoor
 from gateway.peer import Flusher, Peer
 from gateway.router import router_factory
 from gateway.session import Session
