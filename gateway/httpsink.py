@@ -206,8 +206,9 @@ class HttpSink:
         self._paced = False
         ex = self.exchange
         last = pending[-1]
-        if len(pending) == 1 and isinstance(last, Shared) and ex.chunked:
-            ex.write(last.wire())  # the common case: framed once for every reader
+        if isinstance(last, Shared) and ex.chunked:
+            # The common case: batches shared with other readers, framed once.
+            ex.write(self._shared_wire(pending, last))
         else:
             ex.write(ex.frame(b"".join(p.payload if isinstance(p, Shared) else p for p in pending)))
         self.wrote = True
@@ -216,6 +217,19 @@ class HttpSink:
         self._buffered = ex.unsent_bytes()
         if self._buffered > self._limit and not paced and not self.closing:
             self._too_slow()
+
+    @staticmethod
+    def _shared_wire(pending: list[bytes | Shared], last: Shared) -> bytes:
+        """One chunk for a run of batches; readers in step get the same run, so the
+        first one's chunk is kept on its last batch for the others (as Peer does)."""
+        if len(pending) == 1:
+            return last.wire()
+        run = last.run
+        if run is not None and run[0] == pending:  # list ==: item identity first
+            return run[1]
+        wire = last.frame(b"".join(p.payload if isinstance(p, Shared) else p for p in pending))
+        last.run = (pending, wire)
+        return wire
 
     def finish(self) -> None:
         """Write what is pending and end the response (the subscription is over)."""
