@@ -41,6 +41,7 @@ from streamfan.page import Entry
 from streamfan.positions import FROM_START, parse_position
 from streamfan.protocol import CloseCode
 from streamfan.requests import validate_chat_request
+from streamfan.scripts import Reply
 from streamfan.tokens import Grant, mint_token
 
 if TYPE_CHECKING:
@@ -311,10 +312,10 @@ class OpenAIDoor:
         except RedisUnavailable:
             fail(ex, protocol.UNAVAILABLE, "Redis is unavailable; try again shortly")
             return
-        if status == "not_found":
+        if status == Reply.NOT_FOUND:
             fail(ex, protocol.NOT_FOUND, f"no chat completion {sid!r}")
             return
-        shown = events.STATUS_RUNNING if status == "cancelling" else status
+        shown = events.STATUS_RUNNING if status == Reply.CANCELLING else status
         body = {"id": sid, "object": "chat.completion", "status": shown}
         ex.respond(200, orjson.dumps(body), headers=self.doors.cors(ex))
 
