@@ -152,3 +152,37 @@ async def test_a_forced_retry_after_partial_output_makes_the_sdk_raise_and_a_rea
     result = await door.client.result(sid)
     assert result.text and text == result.text
     assert (await door.client.status(sid)).attempt == 2
+
+
+async def test_a_reply_that_failed_for_good_is_a_502_the_sdk_does_not_retry(door: Door) -> None:
+    with pytest.raises(openai.InternalServerError) as raised:
+        await door.sdk.chat.completions.create(**request(fault="http_400"))
+    response = raised.value.response
+    assert response.status_code == 502 and response.headers["x-should-retry"] == "false"
+    err = response.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["code"]
+    sid = response.headers["x-streamfan-stream-id"]
+    assert (await door.client.status(sid)).status == "error"
+    # A streaming reader of the same failure gets the error object the SDK raises.
+    stream = await door.sdk.chat.completions.create(stream=True, **request(fault="http_400"))
+    with pytest.raises(openai.APIError) as streamed:
+        async for _ in stream:
+            pass
+    assert isinstance(streamed.value.body, dict) and streamed.value.body["code"] == err["code"]
+
+
+async def test_cancel_through_the_door_ends_the_stream_and_retrieve_says_so(door: Door) -> None:
+    stream = await door.sdk.chat.completions.create(
+        stream=True, **request(reply_tokens=400, tokens_per_s=50)
+    )
+    first = await stream.__anext__()
+    cancelled = await door.sdk.post(
+        f"/chat/completions/{first.id}/cancel", cast_to=httpx.Response, body={}
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["status"] in ("running", "cancelled")
+    with pytest.raises(openai.APIError) as raised:
+        async for _ in stream:
+            pass
+    assert isinstance(raised.value.body, dict) and raised.value.body["code"] == "cancelled"
+    with pytest.raises(openai.ConflictError):
+        await door.sdk.chat.completions.retrieve(first.id)
