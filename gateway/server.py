@@ -121,6 +121,10 @@ class Gateway:
         self._flusher = Flusher()
         self.metrics.gauges = {
             "open_connections": ("Open WebSocket connections", lambda: len(self.peers)),
+            "http_streams": (
+                "Open streamed responses of the HTTP doors (SSE, /v1 streams)",
+                lambda: len(self._doors.sinks) if self._doors is not None else 0,
+            ),
             "subscriptions": (
                 "Subscriptions held by open connections",
                 lambda: self._hub_().subscription_count(),

@@ -83,6 +83,10 @@ async def test_a_live_stream_reaches_sse_and_websocket_readers_alike(
     readers = [asyncio.create_task(read_sse(url)) for _ in range(3)]
     ws = await WsClient.open(f"{gateway.url}/ws", tok=tok)
     await ws.subscribe(player.stream_id)
+    async with httpx.AsyncClient(timeout=WAIT_S) as http, asyncio.timeout(WAIT_S):
+        gauge = "streamfan_gateway_http_streams 3.0"
+        while gauge not in (await http.get(gateway.http_url + "/metrics")).text:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # waits-on-time-ok: polling a gauge no event announces
     await player.play(30, pace_s=0.005)
     await ws.finished(player.stream_id)
     ids = await player.ids()
@@ -90,6 +94,9 @@ async def test_a_live_stream_reaches_sse_and_websocket_readers_alike(
         msgs = await reader
         assert [m.id for m in events_of(msgs)] == ids
     assert ws.ids(player.stream_id) == ids
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        metrics = (await http.get(gateway.http_url + "/metrics")).text
+    assert "streamfan_gateway_http_streams 0.0" in metrics  # all three ended
 
 
 @pytest.mark.parametrize(
