@@ -219,7 +219,7 @@ async def test_a_reader_whose_token_expires_gets_an_error_event_and_the_response
     gateway: Gateway, aredis: aioredis.Redis, gw_settings: Settings
 ) -> None:
     player = await (await Player(aredis, gw_settings).create()).begin()
-    short = token(gw_settings, ttl_s=1)
+    short = token(gw_settings, ttl_s=2)  # exp is whole seconds: 1-2 s from now
     url = f"{gateway.http_url}/streams/{player.stream_id}/events?token={short}"
     msgs = await read_sse(url)  # the stream never ends: only the expiry ends this
     assert msgs[-1].event == "error"
