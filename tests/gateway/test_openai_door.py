@@ -121,6 +121,11 @@ async def test_a_reader_that_breaks_off_reattaches_with_starting_after_and_the_t
         (c.choices[0].delta.content or "") for c in tail if c.choices
     )
     assert text == result.text
+    # Last-Event-ID (what an SSE client resends) works as starting_after does.
+    other_way = door.sdk_with(api_key=KEY, default_headers={"Last-Event-ID": first[-1][0]})
+    again_tail = [c async for c in await reattach(other_way, sid)]
+    await other_way.close()
+    assert [c.model_dump() for c in again_tail] == [c.model_dump() for c in tail]
     # A second SDK client re-attaching from the start sees the very chunks a first one does.
     other = door.sdk_with(api_key=KEY)
     again = [c.model_dump() async for c in await reattach(other, sid)]
