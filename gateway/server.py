@@ -30,12 +30,14 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, memory, metrics, wire
+from gateway import auth, doors, memory, metrics, wire
+from gateway.completions import OpenAIDoor
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.live import Live
 from gateway.peer import Flusher, Peer
+from gateway.router import router_factory
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
 from streamfan import events, protocol, redact, store
@@ -76,6 +78,8 @@ class Gateway:
         self._live: Live | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
+        self._doors: doors.Doors | None = None
+        self._openai: OpenAIDoor | None = None
         self._trim = memory.TrimPolicy(
             self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
         )
@@ -122,6 +126,10 @@ class Gateway:
         self._flusher = Flusher()
         self.metrics.gauges = {
             "open_connections": ("Open WebSocket connections", lambda: len(self.peers)),
+            "http_streams": (
+                "Open streamed responses of the HTTP doors (SSE, /v1 streams)",
+                lambda: len(self._doors.sinks) if self._doors is not None else 0,
+            ),
             "subscriptions": (
                 "Subscriptions held by open connections",
                 lambda: self._hub_().subscription_count(),
@@ -130,6 +138,11 @@ class Gateway:
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
         }
         self._hub.start()
+        self._doors = doors.Doors(
+            doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
+        )
+        self._doors.start()
+        self._openai = OpenAIDoor(self._doors)
         self._hub.spawn(
             memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
             name="reclaim",
@@ -140,7 +153,11 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=wire.Connection,
+                # The HTTP doors stream responses, which websockets cannot: a
+                # router reads each connection's first request head and hands
+                # it to the doors or to websockets (gateway/router.py), whose
+                # connection holds early bytes until it has answered (gateway/wire.py).
+                create_connection=router_factory(doors.is_door, self._doors, wire.Connection),
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -167,8 +184,12 @@ class Gateway:
         self._stopping = code
         for peer in list(self.peers):
             peer.cut(code)
+        if self._doors is not None:
+            self._doors.stop()
         await server.wait_closed()
         await self._hub_().stop()
+        if self._openai is not None:
+            await self._openai.aclose()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
         log.info("gateway stopped")

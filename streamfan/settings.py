@@ -222,7 +222,9 @@ class Settings:
     port: int = setting(DEFAULT_PORT, "Gateway listen port (0 = pick a free one)", _port)
     insecure_no_auth: bool = setting(False, "Serve without tokens (development only)", _bool)
     allowed_origins: tuple[str, ...] = setting(
-        (), "Comma-separated Origins allowed to open a WebSocket (empty = any)", _csv
+        (),
+        "Comma-separated Origins allowed to open a WebSocket or call an HTTP door (empty = any)",
+        _csv,
     )
     max_subscriptions: int = setting(100, "Subscriptions per connection", _positive_int)
     max_frame_bytes: int = setting(
@@ -241,6 +243,17 @@ class Settings:
     )
     compression: bool = setting(False, "permessage-deflate (off: encode once)", _bool)
     read_pool_size: int = setting(8, "Redis connections for history reads", _positive_int)
+    api_keys: tuple[str, ...] = setting(
+        (),
+        "Comma-separated keys (32+ bytes each) that may submit through /v1/chat/completions",
+        _csv,
+        secret="verified",
+    )
+    submits_per_minute: float = setting(
+        120.0,
+        "Submits per credential per minute on /v1/chat/completions (then 429)",
+        _positive_float,
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
