@@ -284,13 +284,16 @@ class Settings:
             if f.metadata["secret"] != "verified":
                 continue
             value = getattr(self, f.name)
-            # A setting holding several (a list of API keys) checks each one.
-            for secret in (value,) if isinstance(value, str) else value or ():
+            # A setting holding several (a list of API keys) checks each one, and
+            # says which (never the value: errors are printed and logged).
+            several = not isinstance(value, str)
+            for i, secret in enumerate((value,) if not several else value or (), 1):
                 size = len(secret.encode())
                 if size < MIN_SECRET_BYTES:
+                    which = f"key {i} of" if several else "a secret of"
                     raise ConfigError(
                         ENV_PREFIX + f.name.upper(),
-                        f"a secret of {size} bytes is too short: use {MIN_SECRET_BYTES} or "
+                        f"{which} {size} bytes is too short: use {MIN_SECRET_BYTES} or "
                         "more random bytes (python -c 'import secrets; "
                         "print(secrets.token_urlsafe(32))')",
                     )
