@@ -231,15 +231,55 @@ return replies
 )
 
 #: Worker: extend the lease while still holding it; report a pending cancel.
-#: ARGV: token, lease_ms. Returns {1, cancel_reason_or_empty} or {0, ''} if lost.
+#: ARGV: token, lease_ms, attempt (optional). Returns {1, cancel_reason_or_empty}
+#: or {0, ''} if lost. A lease that lapsed while Redis was unreachable or paused
+#: (its TTL ran on Redis's clock) is taken back by the attempt that still owns
+#: the stream: nobody else holds it and no later attempt began.
 RENEW: Final = (
     _COMMON
     + r"""
-if redis.call('GET', lease) ~= ARGV[1] then return {0, ''} end
-redis.call('PEXPIRE', lease, ARGV[2])
+local holder = redis.call('GET', lease)
+if holder ~= ARGV[1] then
+  if holder or not ARGV[3] or redis.call('HGET', meta, 'attempt') ~= ARGV[3]
+     or redis.call('HGET', meta, 'status') ~= 'running' then
+    return {0, ''}
+  end
+  redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', lease, ARGV[2])
+end
 return {1, redis.call('HGET', meta, 'cancel') or ''}
 """
 )
+
+#: Orphan sweep (``worker.sweep``): end a stream whose job is gone from the queue,
+#: unless it finished or an attempt holds its lease. Called only after the sweep
+#: saw the job missing; the lease and status are re-checked here, atomically.
+#: ARGV: now_ms, error_event_json, retention_ms, maxlen.
+#: Returns 'orphaned' (ended here), 'held', 'gone' (no meta) or a finished status.
+ORPHAN: Final = (
+    _COMMON
+    + r"""
+local status = redis.call('HGET', meta, 'status')
+if not status then return 'gone' end
+if is_finished(status) then return status end
+if redis.call('EXISTS', lease) == 1 then return 'held' end
+append(ARGV[4], {ARGV[2]}, 1, 1)
+redis.call('HSET', meta, 'error', ARGV[2])
+finish('error', ARGV[1], ARGV[3])
+return 'orphaned'
+"""
+)
+
+#: Orphan sweep: take the open streams last checked before ARGV[1] (at most
+#: ARGV[2] of them) and mark them checked at ARGV[3], in one step, so that two
+#: workers' sweeps never check the same stream at once.
+#: KEYS: the open-streams index (a sorted set on the queue's Redis: id -> ms).
+CLAIM_DUE: Final = r"""
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for i = 1, #due do redis.call('ZADD', KEYS[1], 'XX', ARGV[3], due[i]) end
+return due
+"""
 
 #: Readers (the client API and the gateway): one page of a stream's history and
 #: whether the history after a position is gone, decided at the same instant.

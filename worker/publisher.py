@@ -30,11 +30,9 @@ from streamfan.keys import Keys
 from streamfan.settings import Settings
 from streamfan.store import now_ms, redis_errors, stream_keys
 from worker.batcher import AppendBatcher, record
+from worker.outage import Outage
 
 log = logging.getLogger(__name__)
-
-#: How often a failed write is retried (with the same seq, so nothing doubles).
-WRITE_TRIES = 3
 
 
 class PublishError(StreamfanError):
@@ -75,9 +73,15 @@ class Publisher:
         settings: Settings,
         *,
         on_round_trip: Callable[[int], None] | None = None,
+        outage: Outage | None = None,
     ) -> None:
-        """``on_round_trip(n)`` is called for each batched append round trip of n streams."""
+        """``on_round_trip(n)`` is called for each batched append round trip of n streams.
+
+        ``outage`` is the events Redis as this process sees it: writes wait out
+        an outage on it (see :meth:`AttemptWriter.write`).
+        """
         self.r = r
+        self.outage = outage or Outage("events Redis")
         self.settings = settings
         self.keys: Keys = settings.keys
         self._begin = r.register_script(scripts.BEGIN)
@@ -132,13 +136,23 @@ class Publisher:
         return Claim(outcome)
 
     async def renew(
-        self, stream_id: str, token: str, *, lease_ms: int | None = None
+        self,
+        stream_id: str,
+        token: str,
+        *,
+        lease_ms: int | None = None,
+        attempt: int | None = None,
     ) -> tuple[bool, str]:
-        """Extend the lease. Returns (still held, pending cancel reason or '')."""
+        """Extend the lease. Returns (still held, pending cancel reason or '').
+
+        With ``attempt``, a lease that lapsed (Redis was away longer than it) is
+        taken back if that attempt still owns the stream.
+        """
+        args: list[Any] = [token, lease_ms or self.lease_ms]
+        if attempt is not None:
+            args.append(attempt)
         async with redis_errors():
-            held, cancel = await self._renew(
-                stream_keys(self.keys, stream_id), [token, lease_ms or self.lease_ms]
-            )
+            held, cancel = await self._renew(stream_keys(self.keys, stream_id), args)
         return bool(int(held)), _s(cancel)
 
     def writer(self, stream_id: str, attempt: int) -> AttemptWriter:
@@ -175,17 +189,20 @@ class AttemptWriter:
         # After an interrupted write the position is unknown: let the script
         # append after whatever is there rather than skip what may be new.
         seq: int | str = "" if self._unsure else self.seq
-        for tries in range(1, WRITE_TRIES + 1):
+        outage = self.publisher.outage
+        failures = 0
+        while True:
             try:
                 res = await self._send(batch, seq, final_status, meta)
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 # The script may or may not have run: retrying with the same seq
-                # is safe, the script skips what it already wrote. (So is a
-                # caller's retry of the same batch after RedisUnavailable.)
-                if tries == WRITE_TRIES:
-                    raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
-                log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
+                # is safe, the script skips what it already wrote. So the write
+                # waits out an outage of any length (the upstream connection
+                # stays open meanwhile; the job's deadline still bounds it).
+                outage.failed(f"stream {self.stream_id}: append", exc)
+                failures += 1
+                await outage.pause(failures)
             except redis.exceptions.ResponseError as exc:
                 # Redis refused the whole call (READONLY after a failover, BUSY, a
                 # script error): a later attempt may succeed, so the job retries.
@@ -196,6 +213,7 @@ class AttemptWriter:
                 # must not be skipped as if it were this one.
                 self._unsure = True
                 raise
+        outage.ok()
         outcome = _s(res[0])
         self._unsure = False
         if outcome == "ok":
