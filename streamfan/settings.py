@@ -181,7 +181,7 @@ class Settings:
     )
 
     # --- gateway ----------------------------------------------------------------
-    host: str = setting(DEFAULT_HOST, "Gateway listen address", str)
+    host: str = setting(DEFAULT_HOST, "Listen address (gateway; the worker's metrics port)", str)
     port: int = setting(DEFAULT_PORT, "Gateway listen port (0 = pick a free one)", _port)
     insecure_no_auth: bool = setting(False, "Serve without tokens (development only)", _bool)
     allowed_origins: tuple[str, ...] = setting(
