@@ -119,3 +119,29 @@ async def test_a_lapsed_lease_is_taken_back_only_by_the_attempt_that_still_owns_
     assert (await pub.renew("l1", "tok-1", attempt=first.attempt))[0] is False
     assert await aredis.get(lease) is None
     await pub.aclose()
+
+
+async def test_a_worker_started_while_redis_is_down_waits_for_it_instead_of_exiting(
+    tmp_path: Path,
+    pipeline_settings: Settings,
+    start_worker: Callable[[Settings], RunningWorker],
+) -> None:
+    server = RedisServer(data_dir=tmp_path / "later")
+    s = pipeline_settings.replace(redis_url=server.url)
+    running = start_worker(s)
+    entering = asyncio.create_task(running.__aenter__())
+    try:
+        while running.worker.queue_outage.up:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # waits-on-time-ok: the first failed PING
+        assert not entering.done()
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(entering, 20)
+        async with Client(s) as client:
+            body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "late"}]}
+            sub = await client.submit(body)
+            result = await asyncio.wait_for(client.result(sub.stream_id), 20)
+        assert (result.status, result.message) == ("done", expected_message(body))
+        await running.__aexit__(None, None, None)
+    finally:
+        entering.cancel()
+        server.close()
