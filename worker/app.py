@@ -224,6 +224,8 @@ class StreamfanWorker(Worker):
         try:
             if self._poll_failures:
                 await self._recover()
+            if self._stranded:
+                await self._release_stranded()
             await super()._poll_iteration()
         except REDIS_DOWN_ERRORS as exc:
             self._poll_failures += 1
@@ -237,17 +239,18 @@ class StreamfanWorker(Worker):
         await self.pool.ping()
         self.queue_outage.ok()
         self._poll_failures = 0
-        if self._stranded:
-            stranded, self._stranded = self._stranded, set()
-            try:
-                async with self.pool.pipeline(transaction=False) as pipe:
-                    for job_id in stranded:
-                        pipe.pexpire(ARQ_IN_PROGRESS_PREFIX + job_id, 1)
-                    await pipe.execute()
-            except BaseException:
-                self._stranded |= stranded
-                raise
         await asyncio.sleep(BACKOFF_MAX_S)
+
+    async def _release_stranded(self) -> None:
+        stranded, self._stranded = self._stranded, set()
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for job_id in stranded:
+                    pipe.pexpire(ARQ_IN_PROGRESS_PREFIX + job_id, 1)
+                await pipe.execute()
+        except BaseException:
+            self._stranded |= stranded
+            raise
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         for job_id in job_ids:
