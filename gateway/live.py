@@ -23,7 +23,6 @@ import logging
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -31,6 +30,7 @@ from redis.retry import Retry
 from gateway.metrics import Metrics
 from gateway.tuning import Tuning
 from streamfan.keys import Keys
+from streamfan.redis_edge import FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ class LiveListener(Protocol):
         """Re-read these watched streams (all if None): wake-ups may have been missed."""
 
 
-class _Dead(Exception):
-    """The pub/sub connection stopped answering."""
+class _Dead(ConnectionError):
+    """The pub/sub connection stopped answering (a connection failure like any other)."""
 
 
 class Live:
@@ -146,7 +146,7 @@ class Live:
                 ever_up = True
                 delay = self.tuning.backoff_min_s
                 await self._serve(conn)
-            except (redis.exceptions.RedisError, OSError, TimeoutError, _Dead) as exc:
+            except FAILURES as exc:
                 # Failed attempts while Redis is down are expected: say it once.
                 level = logging.WARNING if established else logging.DEBUG
                 log.log(level, "pub/sub connection lost: %s", exc or type(exc).__name__)

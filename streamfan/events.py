@@ -29,13 +29,6 @@ ERROR: Final = "error"
 CANCELLED: Final = "cancelled"
 RESET: Final = "reset"
 
-#: ``error`` codes of failures that are the job's, not the upstream's.
-#: A job arq could not decode or call (pickled, broken JSON, unknown arguments).
-ERROR_INVALID_JOB: Final = "invalid_job"
-#: The stream's job vanished from the queue (a flushed queue, a lost AOF tail, a
-#: deleted key) while no worker held it: nothing would ever end it otherwise.
-ERROR_ORPHANED: Final = "orphaned"
-
 TERMINAL_TYPES: Final = frozenset({DONE, ERROR, CANCELLED})
 EVENT_TYPES: Final = frozenset({START, DELTA, USAGE, DONE, ERROR, CANCELLED, RESET})
 

@@ -2,7 +2,7 @@
 
 arq pickles jobs by default; pickle lets anyone who can write to Redis run code
 in a worker, so both sides use JSON. A job is then plain JSON that a service in
-any language can write (see docs/worker.md, "Enqueueing without Python")::
+any language can write (docs/events.md#jobs says what to write)::
 
     {"f": "chat_stream", "a": [BODY], "k": {}, "t": 1, "et": ENQUEUED_AT_MS}
 
@@ -11,7 +11,7 @@ wrong fields) is never run, but it is not dropped silently either: arq would
 log it and leave its stream ``queued`` until it expires. The deserializer turns
 it into a call of ``chat_stream`` with the single keyword argument
 :data:`INVALID_JOB_KWARG` saying what was wrong, and the worker ends the stream
-with ``error`` ``invalid_job`` (``worker.job.chat_stream``).
+with an ``error`` (``codes.INVALID_JOB``; ``worker.job.chat_stream``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from arq.connections import ArqRedis, RedisSettings
 from prometheus_client import Gauge
 
 from streamfan.keys import JOB_FUNCTION
+from streamfan.redis_edge import FAILURES
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
 from worker.arqhold import ARQ_IN_PROGRESS_PREFIX
@@ -24,7 +25,7 @@ from worker.control import ControlChannel
 from worker.health import READY_TIMEOUT_S, HealthServer, ping_within
 from worker.job import STATE_KEY, WorkerState, chat_stream
 from worker.metrics import WorkerMetrics
-from worker.outage import BACKOFF_MAX_S, REDIS_DOWN_ERRORS, Outage
+from worker.outage import BACKOFF_MAX_S, Outage
 from worker.publisher import Publisher
 from worker.sweep import Sweeper
 from worker.upstream import Upstream
@@ -227,7 +228,7 @@ class StreamfanWorker(Worker):
             if self._stranded:
                 await self._release_stranded()
             await super()._poll_iteration()
-        except REDIS_DOWN_ERRORS as exc:
+        except FAILURES as exc:
             self._poll_failures += 1
             self.queue_outage.failed("queue poll", exc)
             await self.queue_outage.pause(self._poll_failures)
@@ -256,7 +257,7 @@ class StreamfanWorker(Worker):
         for job_id in job_ids:
             try:
                 await super().start_jobs([job_id])
-            except REDIS_DOWN_ERRORS:
+            except FAILURES:
                 # arq counted the job as started before its check failed, and
                 # would never give the slot back.
                 self.job_counter -= 1
@@ -266,7 +267,7 @@ class StreamfanWorker(Worker):
     async def run_job(self, job_id: str, score: int) -> None:
         try:
             await super().run_job(job_id, score)
-        except REDIS_DOWN_ERRORS as exc:
+        except FAILURES as exc:
             # arq's bookkeeping before or after the call failed: the job is still
             # in the queue (and the stream knows how far it got), but arq's
             # in-progress key would keep it from running for arq's whole timeout.
@@ -276,7 +277,7 @@ class StreamfanWorker(Worker):
     async def close(self) -> None:
         try:
             await super().close()
-        except REDIS_DOWN_ERRORS as exc:
+        except FAILURES as exc:
             # arq's close deletes its health key first; with Redis away that
             # fails, and arq would skip closing everything else.
             log.warning("closing with Redis unreachable (%s): %s", type(exc).__name__, exc)

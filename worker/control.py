@@ -24,10 +24,11 @@ import contextlib
 import logging
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.client import PubSub
 
-from worker.outage import REDIS_DOWN_ERRORS, Outage
+from streamfan.errors import RedisUnavailable
+from streamfan.redis_edge import FAILURES
+from worker.outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class ControlChannel:
                 failures = 0
                 self.work_available.set()
                 await self._read(pubsub)
-            except REDIS_DOWN_ERRORS as exc:
+            except FAILURES as exc:
                 self.subscribed.clear()
                 failures += 1
                 self.outage.failed("control channel", exc)
@@ -112,7 +113,7 @@ class ControlChannel:
             msg = await pubsub.get_message(timeout=wait)
             if msg is None:
                 if awaiting_pong:
-                    raise redis.exceptions.TimeoutError(
+                    raise RedisUnavailable(
                         f"no PONG on the control channel within {PONG_TIMEOUT_S:g} s"
                     )
                 await pubsub.ping()

@@ -13,7 +13,10 @@ loops on one Redis share one :class:`Outage`, so:
 - as soon as any loop gets an answer, every loop still waiting tries again at
   once, so streaming resumes one round trip after the first success.
 
-A hung Redis (SIGSTOP, a dead NAT flow) counts as down too: every worker
+What counts as a failure is :data:`streamfan.redis_edge.FAILURES` (redis-py's
+errors and ``OSError``, which ``RedisUnavailable`` is): a Redis that refuses
+(READONLY during a failover, LOADING after a restart) is waited out like one
+that is unreachable. A hung Redis (SIGSTOP, a dead NAT flow) counts as down too: every worker
 connection has a socket timeout (``STREAMFAN_REDIS_TIMEOUT_S``).
 """
 
@@ -25,19 +28,8 @@ import logging
 import random
 import time
 
-import redis.exceptions
-
 log = logging.getLogger(__name__)
 
-#: What a round trip raises when Redis is unreachable, refuses connections or
-#: does not answer in time. (``RedisUnavailable`` is what streamfan's own I/O
-#: edge raises for the same.)
-REDIS_DOWN_ERRORS: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    ConnectionError,
-    TimeoutError,
-)
 #: First and longest wait between tries while Redis is down, seconds.
 BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 1.0

@@ -11,9 +11,9 @@ and every reader would wait until the meta expires. So:
   enqueued without the client API);
 - every worker runs a :class:`Sweeper`: it takes the streams not checked for
   ``STREAMFAN_ORPHAN_SWEEP_S`` (atomically, so two workers never check the same
-  one; :data:`~streamfan.scripts.CLAIM_DUE`), asks the queue whether their job is
+  one; :data:`~streamfan.orphans.CLAIM_DUE`), asks the queue whether their job is
   still there (queued, deferred or running: in arq's sorted set with its job
-  key), and for those whose job is gone runs :data:`~streamfan.scripts.ORPHAN`
+  key), and for those whose job is gone runs :data:`~streamfan.orphans.ORPHAN`
   on the stream's own keys, which ends the stream with ``error`` ``orphaned``
   unless it finished or an attempt holds its lease. Finished and expired
   streams leave the index there.
@@ -36,9 +36,10 @@ import random
 import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
 
-from streamfan import events, scripts
+from streamfan import codes, events, orphans, scripts
+from streamfan.redis_edge import FAILURES, redis_errors
 from streamfan.settings import Settings
-from streamfan.store import now_ms, redis_errors, stream_keys
+from streamfan.store import now_ms, stream_keys
 from worker.outage import Outage
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ class Sweeper:
         self.index = settings.keys.open_streams
         self.queue_outage = queue_outage
         self.events_outage = events_outage
-        self._claim = queue_redis.register_script(scripts.CLAIM_DUE)
-        self._orphan = events_redis.register_script(scripts.ORPHAN)
+        self._claim = queue_redis.register_script(orphans.CLAIM_DUE)
+        self._orphan = events_redis.register_script(orphans.ORPHAN)
         #: Streams this process ended as orphans (metrics, tests).
         self.orphaned = 0
 
@@ -77,7 +78,7 @@ class Sweeper:
         while True:
             try:
                 checked = await self.step()
-            except (ConnectionError, TimeoutError) as exc:  # RedisUnavailable, mapped
+            except FAILURES as exc:
                 failures += 1
                 self.queue_outage.failed("orphan sweep", exc)
                 await self.queue_outage.pause(failures)
@@ -114,10 +115,10 @@ class Sweeper:
         """True when the stream is finished now (or gone): it leaves the index."""
         s = self.settings
         error = events.error(
-            events.ERROR_ORPHANED,
+            codes.ORPHANED.code,
             "the stream's job was lost from the queue (flushed, expired or deleted) "
             "while no worker held it; submit the request again",
-            retryable=True,
+            retryable=codes.ORPHANED.retryable,
         )
         async with redis_errors():
             outcome = _text(
@@ -126,7 +127,7 @@ class Sweeper:
                     [now, events.encode_event(error), int(s.retention_s * 1000), s.maxlen],
                 )
             )
-        if outcome == "orphaned":
+        if outcome == scripts.Reply.ENDED:
             self.orphaned += 1
             log.warning("stream %s: job gone, no worker holds it: ended (orphaned)", stream_id)
-        return outcome != "held"
+        return outcome != scripts.Reply.HELD

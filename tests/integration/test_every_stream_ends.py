@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
 
 from streamfan.client import Client
-from streamfan.events import ERROR_INVALID_JOB, ERROR_ORPHANED
+from streamfan.codes import INVALID_JOB, ORPHANED
 from streamfan.mock.server import MockUpstream
 from streamfan.settings import Settings
 from streamfan.store import create_meta
@@ -83,7 +83,7 @@ async def test_a_job_arq_cannot_decode_or_call_ends_its_stream_with_invalid_job_
         result = await asyncio.wait_for(client.result(sid), INVALID_JOB_LIMIT_S)
     assert result.status == "error"
     assert result.error is not None
-    assert result.error["code"] == ERROR_INVALID_JOB
+    assert result.error["code"] == INVALID_JOB.code
     assert result.error["retryable"] is False
     assert "hunter2" not in result.error["message"]  # names, never values
     kinds = [e["type"] async for _i, e in client.events(sid)]
@@ -133,7 +133,7 @@ async def test_a_queued_stream_whose_job_was_lost_is_found_and_ended_orphaned(
                 await asyncio.sleep(0.01)  # waits-on-time-ok: the step's ZREM
     assert result.status == "error"
     assert result.error is not None
-    assert (result.error["code"], result.error["retryable"]) == (ERROR_ORPHANED, True)
+    assert (result.error["code"], result.error["retryable"]) == (ORPHANED.code, True)
 
 
 async def test_a_running_stream_whose_job_left_the_queue_is_not_orphaned_while_its_lease_is_held(
