@@ -7,6 +7,8 @@ The fleet-level proof (processes, 20 streams, kill and pause) is
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -145,3 +147,36 @@ async def test_a_worker_started_while_redis_is_down_waits_for_it_instead_of_exit
     finally:
         entering.cancel()
         server.close()
+
+
+async def test_the_control_listener_notices_a_paused_redis_and_resubscribes_after(
+    private_redis: RedisServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker import control
+
+    # A paused Redis accepts connections and writes and answers nothing: only the
+    # missing PONG (or subscribe confirmation) gives it away. Shortened for the test.
+    monkeypatch.setattr(control, "PING_INTERVAL_S", 0.2)
+    monkeypatch.setattr(control, "PONG_TIMEOUT_S", 0.3)
+    r = aioredis.Redis.from_url(private_redis.url, socket_timeout=1, socket_connect_timeout=1)
+    channel = control.ControlChannel(r, settings.keys.cancel_channel, settings.keys.jobs_channel)
+    proc = private_redis.proc
+    assert proc is not None
+    channel.start()
+    try:
+        async with asyncio.timeout(20):
+            await channel.subscribed.wait()
+            os.kill(proc.pid, signal.SIGSTOP)
+            while channel.subscribed.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # waits-on-time-ok: the PONG deadline
+            assert not channel.outage.up
+            os.kill(proc.pid, signal.SIGCONT)
+            await channel.subscribed.wait()
+            assert channel.outage.up
+            channel.work_available.clear()
+            await r.publish(settings.keys.jobs_channel, "a-job")
+            await channel.work_available.wait()  # nudges flow again
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        await channel.stop()
+        await r.aclose()
