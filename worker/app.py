@@ -68,8 +68,10 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     async def on_startup(ctx: dict[str, Any]) -> None:
         events_redis = aioredis.Redis.from_url(s.events_url, **_redis_kwargs(s))
         queue_redis = ctx["redis"]
-        queue_outage = Outage("queue Redis")
-        events_outage = queue_outage if s.events_url == s.redis_url else Outage("events Redis")
+        if s.events_url == s.redis_url:
+            queue_outage = events_outage = Outage("Redis")
+        else:
+            queue_outage, events_outage = Outage("queue Redis"), Outage("events Redis")
         control = ControlChannel(
             events_redis, s.keys.cancel_channel, s.keys.jobs_channel, outage=events_outage
         )
