@@ -69,7 +69,7 @@ def _client_command(name: str) -> Loader:
 #: command -> (one-line help, the loader of its flags and runner)
 COMMANDS: dict[str, tuple[str, Loader]] = {
     "up": ("run everything on this machine (Redis, mock upstream, worker, gateway)", _up),
-    "worker": ("run an arq worker that streams chat jobs into Redis", _worker),
+    "worker": ("run arq workers (--processes N) that stream chat jobs into Redis", _worker),
     "gateway": ("run the WebSocket gateway", _gateway),
     "submit": ("enqueue a chat job; print its stream id and token", _client_command("submit")),
     "tail": ("print a stream's content as it arrives", _client_command("tail")),
