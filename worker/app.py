@@ -260,8 +260,9 @@ class StreamfanWorker(Worker):
             try:
                 await super().start_jobs([job_id])
             except FAILURES:
-                # arq counted the job as started before its check failed, and
-                # would never give the slot back.
+                # arq counts the job as started before its check (WATCH, EXISTS,
+                # ZSCORE: sent at once) and gives the slot back only on a
+                # WatchError or ResponseError; a dead connection here leaked it.
                 self.job_counter -= 1
                 self.sem.release()
                 raise
