@@ -13,6 +13,7 @@ connection's :class:`~gateway.peer.Peer`, in order, without waiting on the socke
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -29,15 +30,17 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, memory, metrics
+from gateway import auth, doors, memory, metrics, wire
+from gateway.completions import OpenAIDoor
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.live import Live
 from gateway.peer import Flusher, Peer
+from gateway.router import router_factory
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
-from streamfan import events, protocol, store
+from streamfan import events, protocol, redact, store
 from streamfan.errors import ConfigError, RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
 from streamfan.scripts import Reply
@@ -75,6 +78,8 @@ class Gateway:
         self._live: Live | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
+        self._doors: doors.Doors | None = None
+        self._openai: OpenAIDoor | None = None
         self._trim = memory.TrimPolicy(
             self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
         )
@@ -98,6 +103,10 @@ class Gateway:
                 "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
                 "reach this gateway may read and cancel EVERY stream"
             )
+        # websockets logs each handshake's request line and headers (?token=,
+        # Authorization) at DEBUG on this logger: scrubbed here too, for an
+        # application that embeds the gateway with handlers of its own.
+        redact.guard(connection_log, s.secrets)
         pool = aioredis.BlockingConnectionPool.from_url(
             s.events_url,
             max_connections=s.read_pool_size,
@@ -117,6 +126,10 @@ class Gateway:
         self._flusher = Flusher()
         self.metrics.gauges = {
             "open_connections": ("Open WebSocket connections", lambda: len(self.peers)),
+            "http_streams": (
+                "Open streamed responses of the HTTP doors (SSE, /v1 streams)",
+                lambda: len(self._doors.sinks) if self._doors is not None else 0,
+            ),
             "subscriptions": (
                 "Subscriptions held by open connections",
                 lambda: self._hub_().subscription_count(),
@@ -125,6 +138,11 @@ class Gateway:
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
         }
         self._hub.start()
+        self._doors = doors.Doors(
+            doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
+        )
+        self._doors.start()
+        self._openai = OpenAIDoor(self._doors)
         self._hub.spawn(
             memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
             name="reclaim",
@@ -135,7 +153,11 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=memory.Connection,
+                # The HTTP doors stream responses, which websockets cannot: a
+                # router reads each connection's first request head and hands
+                # it to the doors or to websockets (gateway/router.py), whose
+                # connection holds early bytes until it has answered (gateway/wire.py).
+                create_connection=router_factory(doors.is_door, self._doors, wire.Connection),
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -162,8 +184,12 @@ class Gateway:
         self._stopping = code
         for peer in list(self.peers):
             peer.cut(code)
+        if self._doors is not None:
+            self._doors.stop()
         await server.wait_closed()
         await self._hub_().stop()
+        if self._openai is not None:
+            await self._openai.aclose()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
         log.info("gateway stopped")
@@ -281,6 +307,8 @@ class Gateway:
             close_timeout_s=self.tuning.close_timeout_s,
             on_cut=hub.detach,
         )
+        if isinstance(ws, wire.Connection):
+            ws.on_control = functools.partial(self._on_control, peer)
         self.peers.add(peer)
         self._trim.opened(len(self.peers))
         self.metrics.connections_total += 1
@@ -310,6 +338,8 @@ class Gateway:
         finally:
             if expiry is not None:
                 expiry.cancel()
+            if isinstance(ws, wire.Connection):
+                ws.on_control = None
             hub.detach(peer)
             self.peers.discard(peer)
             await peer.wait_closed()
@@ -317,11 +347,8 @@ class Gateway:
     async def _on_frame(self, peer: Peer, frame: str | bytes) -> None:
         if peer.closing:
             return
-        s = self.settings
         if not peer.session.admit(asyncio.get_running_loop().time()):
-            self.metrics.flood_disconnects += 1
-            log.info("client %s flooding: cut", peer.ws.remote_address)
-            peer.cut(CloseCode.FLOOD, f"flood: more than {s.max_messages_per_s:g} messages/s")
+            self._flood(peer)
             return
         op = protocol.parse_frame(frame)
         if not isinstance(op, Invalid):
@@ -339,6 +366,17 @@ class Gateway:
             self._hub_().unsubscribe(peer, op.stream)
         elif isinstance(op, Cancel):
             await self._cancel(peer, op.stream)
+
+    def _on_control(self, peer: Peer) -> None:
+        """A PING or PONG from the client: a message like any other to the flood limit."""
+        if not peer.closing and not peer.session.admit(asyncio.get_running_loop().time()):
+            self._flood(peer)
+
+    def _flood(self, peer: Peer) -> None:
+        self.metrics.flood_disconnects += 1
+        log.info("client %s flooding: cut", peer.ws.remote_address)
+        rate = self.settings.max_messages_per_s
+        peer.cut(CloseCode.FLOOD, f"flood: more than {rate:g} messages/s")
 
     async def _cancel(self, peer: Peer, stream_id: str) -> None:
         s = self.settings

@@ -155,15 +155,21 @@ class Client:
         *,
         stream_id: str | None = None,
         owner: str | None = None,
+        meta_fields: Mapping[str, str] | None = None,
     ) -> Submission:
-        """Write the stream's meta and enqueue its job; idempotent on ``stream_id``."""
+        """Write the stream's meta and enqueue its job; idempotent on ``stream_id``.
+
+        ``meta_fields``: more fields of the stream's meta, written with it (the
+        gateway's OpenAI door records its request digest so)."""
         body = validate_chat_request(dict(request) if isinstance(request, Mapping) else request)
         sid = new_stream_id() if stream_id is None else validate_stream_id(stream_id)
         if owner is not None and not isinstance(owner, str):
             raise StreamfanError("owner must be a string")
         await self.connect()
         assert self._queue is not None
-        created = await create_meta(self.redis, self.keys, sid, model=body["model"], owner=owner)
+        created = await create_meta(
+            self.redis, self.keys, sid, model=body["model"], owner=owner, fields=meta_fields
+        )
         if not created:
             meta = await read_meta(self.redis, self.keys, sid)
             if meta is None or meta.status != events.STATUS_QUEUED:
@@ -199,9 +205,15 @@ class Client:
         return status
 
     def token(
-        self, stream_ids: Iterable[str], *, ttl_s: float | None = None, cancel: bool = False
+        self,
+        stream_ids: Iterable[str],
+        *,
+        ttl_s: float | None = None,
+        cancel: bool = False,
+        submit: bool = False,
     ) -> str:
-        """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``)."""
+        """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``); ``submit``: it may
+        also submit through the gateway's OpenAI-compatible door."""
         if not self.settings.jwt_secret:
             raise TokenError("no JWT secret configured (STREAMFAN_JWT_SECRET)")
         return mint_token(
@@ -209,6 +221,7 @@ class Client:
             stream_ids,
             ttl_s=ttl_s or self.settings.token_ttl_s,
             cancel=cancel,
+            submit=submit,
         )
 
     def _mint(self, stream_ids: list[str]) -> str | None:

@@ -132,3 +132,8 @@ class Meta:
     #: A next attempt that finds them writes that end instead of generating again.
     FINISHING = "finishing"
     FINISHING_STATUS = "finishing_status"
+    #: Written by the gateway's OpenAI door at submit: the SHA-256 of the request
+    #: (a second submit with its ``Idempotency-Key`` must match it, else 409)...
+    REQUEST_DIGEST = "request_digest"
+    #: ...and whether it asked for the usage chunk (``stream_options.include_usage``).
+    INCLUDE_USAGE = "include_usage"

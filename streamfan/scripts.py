@@ -123,13 +123,15 @@ end
 )
 
 #: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
-#: ARGV: now_ms, model, owner, queued_ttl_ms
+#: ARGV: now_ms, model, owner, queued_ttl_ms[, field, value]... (more meta fields,
+#: written with the rest: the OpenAI door's request digest, say)
 CREATE: Final = (
     _COMMON
     + r"""
 if redis.call('EXISTS', meta) == 1 then return 0 end
 redis.call('HSET', meta, M_STATUS, S_QUEUED, M_CREATED_AT, ARGV[1], M_UPDATED_AT, ARGV[1],
            M_MODEL, ARGV[2], M_OWNER, ARGV[3], M_ATTEMPT, 0, M_SEQ, 0)
+for i = 5, #ARGV - 1, 2 do redis.call('HSET', meta, ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', meta, ARGV[4])
 return 1
 """

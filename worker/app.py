@@ -16,6 +16,7 @@ from arq import Worker, func
 from arq.connections import ArqRedis, RedisSettings
 from prometheus_client import Gauge
 
+from streamfan import redact
 from streamfan.keys import JOB_FUNCTION
 from streamfan.redis_edge import FAILURES
 from streamfan.serialization import job_deserializer, job_serializer
@@ -66,6 +67,9 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     s = settings or Settings.from_env()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        # However the process was started (``streamfan worker``, ``arq``, an
+        # application): the upstream's key is masked in whatever its handlers write.
+        redact.install(s.secrets)
         events_redis = aioredis.Redis.from_url(s.events_url, **_redis_kwargs(s))
         queue_redis = ctx["redis"]
         if s.events_url == s.redis_url:
