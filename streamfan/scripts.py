@@ -41,9 +41,7 @@ class Reply:
     GONE = "gone"
     ERR = "err"
     BAD_RECORD = "bad_record"
-    #: ORPHAN: the stream was ended here; an attempt holds it (not an orphan).
-    ENDED = "ended"
-    HELD = "held"
+    ENDED, HELD = "ended", "held"  # ORPHAN: ended here; an attempt holds it
 
 
 def _upper_attrs(cls: type) -> dict[str, str]:
@@ -313,9 +311,8 @@ return replies
 
 #: Worker: extend the lease while still holding it; report a pending cancel.
 #: ARGV: token, lease_ms, attempt (optional). Returns {1, cancel_reason_or_empty}
-#: or {0, ''} if lost. A lease that lapsed while Redis was unreachable or paused
-#: (its TTL ran on Redis's clock) is taken back by the attempt that still owns
-#: the stream: nobody else holds it and no later attempt began.
+#: or {0, ''} if lost. A lease that lapsed while Redis was away (its TTL runs on
+#: Redis's clock) is taken back by the attempt that still owns the stream.
 RENEW: Final = (
     _COMMON
     + r"""
