@@ -270,3 +270,35 @@ async def test_workers_and_gateways_ride_out_redis_paused_for_10_s_and_every_rep
         lambda: os.kill(proc.pid, signal.SIGSTOP),
         lambda: os.kill(proc.pid, signal.SIGCONT),
     )
+
+
+@pytest.mark.parametrize("outage", ["killed", "paused"])
+async def test_a_worker_stopped_while_redis_is_down_exits_cleanly_and_promptly(
+    outage: str,
+    persistent_redis: RedisServer,
+    pipeline_settings: Settings,
+    mock_upstream: MockUpstream,
+) -> None:
+    settings = pipeline_settings.replace(redis_url=persistent_redis.url)
+    env = settings_env(settings)
+    env["STREAMFAN_REDIS_TIMEOUT_S"] = "1.0"
+    worker = WorkerProcess(env)
+    try:
+        async with Client(settings) as client:
+            for i in range(3):
+                await client.submit(body(i))
+            for i in range(3):
+                await asyncio.wait_for(mock_upstream.wait_chunks(i, 5), WAIT_S)
+        if outage == "killed":
+            await asyncio.to_thread(persistent_redis.kill)
+        else:
+            assert persistent_redis.proc is not None
+            os.kill(persistent_redis.proc.pid, signal.SIGSTOP)
+        stopping = time.monotonic()
+        worker.proc.terminate()
+        code = await asyncio.to_thread(worker.proc.wait, 30)
+        took = time.monotonic() - stopping
+    finally:
+        worker.terminate()
+    assert code == 0
+    assert took < 10, f"took {took:.1f} s to stop"
