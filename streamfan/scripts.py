@@ -41,6 +41,7 @@ class Reply:
     GONE = "gone"
     ERR = "err"
     BAD_RECORD = "bad_record"
+    ENDED, HELD = "ended", "held"  # ORPHAN: ended here; an attempt holds it
 
 
 def _upper_attrs(cls: type) -> dict[str, str]:
@@ -309,12 +310,22 @@ return replies
 )
 
 #: Worker: extend the lease while still holding it; report a pending cancel.
-#: ARGV: token, lease_ms. Returns {1, cancel_reason_or_empty} or {0, ''} if lost.
+#: ARGV: token, lease_ms, attempt (optional). Returns {1, cancel_reason_or_empty}
+#: or {0, ''} if lost. A lease that lapsed while Redis was away (its TTL runs on
+#: Redis's clock) is taken back by the attempt that still owns the stream.
 RENEW: Final = (
     _COMMON
     + r"""
-if redis.call('GET', lease) ~= ARGV[1] then return {0, ''} end
-redis.call('PEXPIRE', lease, ARGV[2])
+local holder = redis.call('GET', lease)
+if holder ~= ARGV[1] then
+  if holder or not ARGV[3] or redis.call('HGET', meta, M_ATTEMPT) ~= ARGV[3]
+     or redis.call('HGET', meta, M_STATUS) ~= S_RUNNING then
+    return {0, ''}
+  end
+  redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', lease, ARGV[2])
+end
 return {1, redis.call('HGET', meta, M_CANCEL) or ''}
 """
 )
