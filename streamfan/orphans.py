@@ -15,7 +15,8 @@ from streamfan.scripts import _COMMON, PRELUDE
 #: saw the job missing; the lease and status are re-checked here, atomically.
 #: ARGV: now_ms, error_event_json, retention_ms, maxlen.
 #: Returns :attr:`Reply.ENDED` (ended here), ``HELD``, ``GONE`` (no meta) or a
-#: finished status.
+#: finished status (also when it wrote the lost terminal entry of a durable end;
+#: ``scripts.BEGIN`` does the same).
 ORPHAN: Final = (
     _COMMON
     + r"""
@@ -23,6 +24,9 @@ local status = redis.call('HGET', meta, M_STATUS)
 if not status then return R_GONE end
 if is_finished(status) then return status end
 if redis.call('EXISTS', lease) == 1 then return R_HELD end
+-- a durable end whose terminal entry was lost is that end, not an orphan
+local final = finish_from_marker(ARGV[4], ARGV[1], ARGV[3])
+if final then return final end
 append(ARGV[4], {ARGV[2]}, 1, 1)
 redis.call('HSET', meta, M_ERROR, ARGV[2])
 finish(S_ERROR, ARGV[1], ARGV[3])

@@ -117,6 +117,19 @@ end
 local function is_finished(status)
   return FINISHED[status] == true
 end
+
+-- An attempt decided how the stream ends and waited until that was on disk
+-- (STREAMFAN_DURABLE_FINISH, worker/durability.py), but its terminal entry was
+-- lost (an AOF tail cut by a crash): write that end again, rather than generate
+-- a different reply or end it otherwise. Returns the status, or nil if no marker.
+local function finish_from_marker(maxlen, now, retention_ms)
+  local finishing = redis.call('HGET', meta, M_FINISHING)
+  if not finishing then return nil end
+  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
+  append(maxlen, {finishing}, 1, 1)
+  finish(final, now, retention_ms)
+  return final
+end
 """
 )
 
@@ -175,16 +188,8 @@ end
 if is_finished(status) then return {R_FINISHED, status} end
 local holder = redis.call('GET', lease)
 if holder and holder ~= token then return {R_BUSY, redis.call('PTTL', lease)} end
-local finishing = redis.call('HGET', meta, M_FINISHING)
-if finishing then
-  -- An attempt decided how the stream ends and waited until that was on disk
-  -- (STREAMFAN_DURABLE_FINISH), but its terminal entry was lost (an AOF tail cut
-  -- by a crash): write that end again rather than generate a different reply.
-  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
-  append(ARGV[10], {finishing}, 1, 1)
-  finish(final, now, ARGV[9])
-  return {R_FINISHED, final}
-end
+local final = finish_from_marker(ARGV[10], now, ARGV[9])
+if final then return {R_FINISHED, final} end
 if redis.call('HGET', meta, M_CANCEL) then
   append(ARGV[10], {ARGV[8]}, 1, 1)
   finish(S_CANCELLED, now, ARGV[9])

@@ -19,8 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
 
+from streamfan import events
 from streamfan.client import Client
 from streamfan.codes import INVALID_JOB, ORPHANED
+from streamfan.keys import Meta
 from streamfan.mock.server import MockUpstream
 from streamfan.settings import Settings
 from streamfan.store import create_meta
@@ -163,3 +165,27 @@ async def test_a_stream_enqueued_without_the_client_is_indexed_when_it_starts(
     async with start_worker(pipeline_settings):
         await asyncio.wait_for(client.result("foreign"), 10)
     assert await aredis.zscore(pipeline_settings.keys.open_streams, "foreign") is not None
+
+
+async def test_a_lost_job_whose_durable_end_was_decided_ends_with_that_end_not_orphaned(
+    pipeline_settings: Settings,
+    client: Client,
+    aredis: aioredis.Redis,
+    start_worker: Callable[[Settings], RunningWorker],
+) -> None:
+    # STREAMFAN_DURABLE_FINISH wrote the end into meta and onto disk; a crash then
+    # took back the terminal entry and the job (docs/operations.md, "Durable finish").
+    s = pipeline_settings.replace(orphan_sweep_s=SWEEP_S)
+    sub = await client.submit(chat())
+    end = events.done("stop", {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3})
+    await aredis.hset(s.keys.meta(sub.stream_id), mapping={
+        Meta.STATUS: events.STATUS_RUNNING,
+        Meta.FINISHING: events.encode_event(end),
+        Meta.FINISHING_STATUS: events.STATUS_DONE,
+    })  # fmt: skip
+    await aredis.delete(s.queue_name)
+    async with start_worker(s):
+        result = await asyncio.wait_for(client.result(sub.stream_id), 10)
+        seen = [event async for _i, event in client.events(sub.stream_id)]
+    assert result.status == events.STATUS_DONE and result.error is None
+    assert seen == [end]
