@@ -29,16 +29,18 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, memory, metrics, wire
+from gateway import auth, doors, memory, metrics, wire
+from gateway.completions import OpenAIDoor
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
 from gateway.live import Live
 from gateway.peer import Flusher, Peer
+from gateway.router import router_factory
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
 from streamfan import events, protocol, redact, store
-from streamfan.errors import ConfigError, RedisUnavailable
+from streamfan.errors import RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
 from streamfan.scripts import Reply
 from streamfan.settings import Settings
@@ -75,6 +77,8 @@ class Gateway:
         self._live: Live | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
+        self._doors: doors.Doors | None = None
+        self._openai: OpenAIDoor | None = None
         self._trim = memory.TrimPolicy(
             self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
         )
@@ -86,18 +90,7 @@ class Gateway:
 
     async def start(self) -> Gateway:
         s, t = self.settings, self.tuning
-        if s.jwt_secret is None:
-            if not s.insecure_no_auth:
-                raise ConfigError(
-                    "STREAMFAN_JWT_SECRET",
-                    "the gateway needs a secret to verify tokens; set it, or run with "
-                    "--insecure-no-auth (STREAMFAN_INSECURE_NO_AUTH=1) to let anyone read "
-                    "and cancel every stream",
-                )
-            log.warning(
-                "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
-                "reach this gateway may read and cancel EVERY stream"
-            )
+        auth.require_a_secret(s)
         # websockets logs each handshake's request line and headers (?token=,
         # Authorization) at DEBUG on this logger: scrubbed here too, for an
         # application that embeds the gateway with handlers of its own.
@@ -121,6 +114,10 @@ class Gateway:
         self._flusher = Flusher()
         self.metrics.gauges = {
             "open_connections": ("Open WebSocket connections", lambda: len(self.peers)),
+            "http_streams": (
+                "Open streamed responses of the HTTP doors (SSE, /v1 streams)",
+                lambda: len(self._doors.sinks) if self._doors is not None else 0,
+            ),
             "subscriptions": (
                 "Subscriptions held by open connections",
                 lambda: self._hub_().subscription_count(),
@@ -129,6 +126,11 @@ class Gateway:
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
         }
         self._hub.start()
+        self._doors = doors.Doors(
+            doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
+        )
+        self._doors.start()
+        self._openai = OpenAIDoor(self._doors)
         self._hub.spawn(
             memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
             name="reclaim",
@@ -139,7 +141,11 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=wire.Connection,
+                # The HTTP doors stream responses, which websockets cannot: a
+                # router reads each connection's first request head and hands
+                # it to the doors or to websockets (gateway/router.py), whose
+                # connection holds early bytes until it has answered (gateway/wire.py).
+                create_connection=router_factory(doors.is_door, self._doors, wire.Connection),
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -166,8 +172,12 @@ class Gateway:
         self._stopping = code
         for peer in list(self.peers):
             peer.cut(code)
+        if self._doors is not None:
+            self._doors.stop()
         await server.wait_closed()
         await self._hub_().stop()
+        if self._openai is not None:
+            await self._openai.aclose()
         if self._redis is not None:
             await self._redis.aclose(close_connection_pool=True)
         log.info("gateway stopped")

@@ -30,7 +30,8 @@ ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
 #: arq's start check (in-progress key absent, job still queued and due) and the
 #: hold, in one script instead of arq's WATCH, EXISTS, ZSCORE, MULTI/EXEC: four
 #: sequential round trips, each a turn of a busy worker's event loop.
-#: KEYS: in-progress key, queue. ARGV: job id, now_ms, lease_ms, due_before_ms
+#: KEYS: in-progress key, queue[, open-streams index, to add the job to as
+#: ``renew(track=...)`` does]. ARGV: job id, now_ms, lease_ms, due_before_ms
 #: ('' = any due job; else a job due later than that is declined).
 #: Returns {'start', score} | {'running'} | {'gone'} | {'later'} | {'declined'}.
 START_JOB = r"""
@@ -42,6 +43,7 @@ if score > tonumber(ARGV[2]) then return {'later'} end
 if ARGV[4] ~= '' and score > tonumber(ARGV[4]) then return {'declined'} end
 redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
 redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+if KEYS[3] then redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[1]) end
 return {'start', score}
 """
 
@@ -49,15 +51,18 @@ return {'start', score}
 class JobStarter:
     """:data:`START_JOB` for one queue (registered once per worker process)."""
 
-    def __init__(self, r: aioredis.Redis, queue_name: str, lease_ms: int) -> None:
+    def __init__(
+        self, r: aioredis.Redis, queue_name: str, lease_ms: int, *, track: str | None = None
+    ) -> None:
         self.queue = queue_name
+        self.track = track
         self.lease_ms = lease_ms
         self._script = r.register_script(START_JOB)
 
     async def start(self, job_id: str, due_before_ms: int | None = None) -> tuple[str, int]:
         """(outcome, the job's original score); the job is held on ``start``."""
         reply: Any = await self._script(
-            [ARQ_IN_PROGRESS_PREFIX + job_id, self.queue],
+            [ARQ_IN_PROGRESS_PREFIX + job_id, self.queue, *([self.track] if self.track else [])],
             [job_id, _now_ms(), self.lease_ms, "" if due_before_ms is None else due_before_ms],
         )
         outcome = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
@@ -79,12 +84,18 @@ class ArqHold:
         self.score = score
         self.lease_ms = lease_ms
 
-    async def renew(self) -> None:
-        """Hold the job for another lease (one round trip)."""
+    async def renew(self, *, track: str | None = None) -> None:
+        """Hold the job for another lease (one round trip); ``track``: also add the
+        stream to that open-streams index unless it is there (``worker/sweep.py``)."""
+        now = _now_ms()
         async with self.r.pipeline(transaction=False) as pipe:
             # XX: never re-add a job that arq already finished and removed.
-            pipe.zadd(self.queue, {self.job_id: _now_ms() + self.lease_ms}, xx=True)
-            pipe.pexpire(ARQ_IN_PROGRESS_PREFIX + self.job_id, self.lease_ms)
+            pipe.zadd(self.queue, {self.job_id: now + self.lease_ms}, xx=True)
+            # SET, not PEXPIRE: after a Redis outage longer than the lease the key
+            # has expired, and another worker's poll would start the job again.
+            pipe.set(ARQ_IN_PROGRESS_PREFIX + self.job_id, b"1", px=self.lease_ms)
+            if track is not None:
+                pipe.zadd(track, {self.job_id: now}, nx=True)
             async with redis_errors():
                 await pipe.execute()
 

@@ -17,12 +17,16 @@ from typing import Final
 
 from streamfan import scripts
 
+# The helpers every script starts with (private to scripts.py, which is at its
+# size limit): BEGIN_START is BEGIN's body wrapped in a function after them.
+_COMMON = scripts._COMMON
+
 # BEGIN is the shared helpers followed by its own body, which becomes a function here.
-assert scripts.BEGIN.startswith(scripts.common())
+assert scripts.BEGIN.startswith(_COMMON)
 BEGIN_START: Final = (
-    scripts.common()
+    _COMMON
     + "local function begin()\n"
-    + scripts.BEGIN[len(scripts.common()) :]
+    + scripts.BEGIN[len(_COMMON) :]
     + r"""
 end
 local claim = begin()

@@ -42,10 +42,12 @@ from streamfan.events import Event
 from streamfan.keys import is_valid_stream_id
 from streamfan.requests import streaming_body, validate_chat_request
 from streamfan.scripts import Reply
+from streamfan.serialization import job_arguments
 from streamfan.settings import Settings
 from worker.arqhold import ArqHold
 from worker.control import ControlChannel
 from worker.metrics import WorkerMetrics
+from worker.outage import Outage
 from worker.publisher import (
     AttemptWriter,
     Claim,
@@ -86,6 +88,8 @@ class WorkerState:
     #: Jobs whose hold ``StreamfanWorker.start_jobs`` already took (worker/arqhold.py).
     held: set[str] = field(default_factory=set)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    #: The queue's Redis as this process sees it (the events Redis is the publisher's).
+    queue_outage: Outage = field(default_factory=lambda: Outage("queue Redis"))
 
 
 def backoff_s(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -103,15 +107,24 @@ def error_event(exc: UpstreamError) -> Event:
     )
 
 
-async def chat_stream(ctx: dict[str, Any], body: Any) -> str:
-    """The arq job function. Returns the stream's status when this attempt stops."""
+async def chat_stream(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+    """The arq job function. Returns the stream's status when this attempt stops.
+
+    A job is ``chat_stream(body)``. Anything else — arguments arq would refuse to
+    call us with, or a job :func:`~streamfan.serialization.job_deserializer`
+    could not decode — ends its stream with ``error`` ``invalid_job`` instead of
+    leaving it queued with no terminal event.
+    """
     state: WorkerState = ctx[STATE_KEY]
     stream_id = str(ctx["job_id"])
     if not is_valid_stream_id(stream_id):
         log.error("job id %r is not a valid stream id; dropping the job", stream_id)
         return "invalid_id"
+    body, problem = job_arguments(args, kwargs)
     score = ctx.get("score")
-    return await Attempt(state, stream_id, body, score=int(score) if score else None).run()
+    attempt = Attempt(state, stream_id, body, score=int(score) if score else None)
+    attempt.invalid_job = problem
+    return await attempt.run()
 
 
 class Attempt:
@@ -134,14 +147,17 @@ class Attempt:
         self.writer: AttemptWriter | None = None
         self.held_at_start = stream_id in state.held
         state.held.discard(stream_id)
+        self.attempt = 0
+        #: Why this job cannot run at all (see :func:`chat_stream`), if it cannot.
+        self.invalid_job: str | None = None
 
     async def run(self) -> str:
         sid = self.stream_id
         pub = self.state.publisher
         try:
-            claim = await pub.begin(
-                sid, self.token, str(self.model or ""), created=int(time.time())
-            )
+            # The claim writes ``start`` too, except for a job that ends with an error.
+            created = None if self.invalid_job is not None else int(time.time())
+            claim = await pub.begin(sid, self.token, str(self.model or ""), created=created)
         except RedisUnavailable as exc:
             log.warning("stream %s: cannot claim (%s); retrying", sid, exc)
             await self._unhold()
@@ -154,12 +170,22 @@ class Attempt:
             log.info("stream %s: not run (%s)", sid, claim.outcome)
             return claim.status or claim.outcome
         self.writer = pub.writer(sid, claim.attempt, claim.seq)
+        self.attempt = claim.attempt
+        if self.invalid_job is not None:
+            log.error("stream %s: invalid job: %s", sid, self.invalid_job)
+            return await self._finish(
+                events.error(
+                    codes.INVALID_JOB.code, self.invalid_job, retryable=codes.INVALID_JOB.retryable
+                )
+            )
         log.info("stream %s: attempt %d started", sid, claim.attempt)
         # Out of arq's polls, and under our lease instead of arq's job timeout
-        # (see worker/arqhold.py); StreamfanWorker took the hold as it started the job.
+        # (see worker/arqhold.py); and in the open-streams index, for a job
+        # enqueued without the client API (see worker/sweep.py). StreamfanWorker
+        # did both as it started the job (START_JOB).
         if not self.held_at_start:
             try:
-                await self.hold.renew()
+                await self.hold.renew(track=self.settings.keys.open_streams)
             except Exception as exc:  # the lease loop retries this every lease_s / 3
                 log.warning("stream %s: cannot hold the arq job: %s", sid, exc)
         metrics = self.state.metrics
@@ -292,32 +318,45 @@ class Attempt:
         await self.hold.release()
 
     async def _keep_lease(self) -> Event:
-        """Renew the lease and arq's in-progress key; return/raise when the attempt must stop."""
+        """Renew the lease and arq's in-progress key; return/raise when the attempt must stop.
+
+        Through a Redis outage it keeps trying (backing off with the writes), and
+        renews at once when Redis is back, taking back a lease that lapsed
+        meanwhile if no other attempt began.
+        """
         pub = self.state.publisher
         interval = self.settings.lease_s / 3
+        failures = 0
         while True:
-            await asyncio.sleep(interval)
+            if failures:
+                await pub.outage.pause(failures)
+            else:
+                await asyncio.sleep(interval)
             try:
-                held, reason = await pub.renew(self.stream_id, self.token)
-                await self.hold.renew()
-            except RedisUnavailable:
-                continue  # the writes will fail too and decide; keep trying
+                held, reason = await pub.renew(self.stream_id, self.token, attempt=self.attempt)
+            except RedisUnavailable as exc:
+                pub.outage.failed(f"stream {self.stream_id}: lease", exc)
+                failures += 1
+                continue
+            pub.outage.ok()
+            failures = 0
             if not held:
                 raise LeaseLost(f"stream {self.stream_id}: lease lost")
             if reason:
                 raise _Cancelled(reason)
+            try:
+                await self.hold.renew()
+            except RedisUnavailable as exc:
+                # The job stays held by its score until the next renewal.
+                self.state.queue_outage.failed(f"stream {self.stream_id}: arq hold", exc)
+            else:
+                self.state.queue_outage.ok()
 
     async def _stream(self, claim: Claim) -> Event:
         """Call the upstream and write its events; return the terminal event."""
         assert self.writer is not None
         writer = self.writer
-        sid = self.stream_id
-        if not claim.seq:  # else begin() wrote them
-            first: list[Event] = []
-            if claim.had_events:
-                first.append(events.reset(claim.attempt))
-            first.append(events.start(sid, str(self.model or ""), int(time.time()), claim.attempt))
-            await writer.write(first)
+        # ``reset`` and ``start`` are written: begin() did, in the claim's round trip.
         body = validate_chat_request(self.body)
         decoder = SSEDecoder()
         translator = Translator(secrets=self.settings.secrets)
