@@ -42,6 +42,8 @@ ARQ_MAX_TRIES = 1_000_000
 ARQ_TIMEOUT_MARGIN_S = 60.0
 #: The key of the process's :class:`~worker.admission.Admission` in arq's ``ctx``.
 ADMISSION_KEY = "streamfan_admission"
+#: More nudges than this since the last poll are a burst: left to the poll.
+NUDGED_START_LIMIT = 16
 #: Keys of ``ctx`` beside the state: tasks and servers that on_shutdown stops.
 _SERVICES_KEY = "streamfan_services"
 
@@ -246,9 +248,12 @@ class StreamfanWorker(Worker):
             if self._stranded:
                 await self._release_stranded()
             nudged = state.control.take_nudged() if state is not None else []
-            if nudged and not self.burst and self.job_counter < self.max_jobs:
+            nudged = [j for j in nudged if j.decode("utf-8", "replace") not in self.tasks]
+            if 0 < len(nudged) <= NUDGED_START_LIMIT and not self.burst:
                 # The jobs just submitted, before the poll finds them (a round trip
                 # less); every worker nudged tries, START_JOB lets one have each.
+                # After a burst of submits the poll below finds them all at once:
+                # one START_JOB per stale nudge, in turn, held the next job 3-18 s.
                 await self.start_jobs(nudged)
             await super()._poll_iteration()
         except FAILURES as exc:
