@@ -196,7 +196,8 @@ class Doors:
             self.ctx.metrics,
             send_buffer_bytes=s.send_buffer_bytes,
             close_timeout_s=self.ctx.tuning.close_timeout_s,
-            headers=[*headers, *self.cors(ex)],
+            # X-Accel-Buffering: a proxy (nginx) must pass each chunk on at once.
+            headers=[*headers, ("X-Accel-Buffering", "no"), *self.cors(ex)],
             refuse=lambda e, code, message: self.fail(e, code, message),
             on_cut=self._done,
         )
@@ -289,8 +290,7 @@ class Doors:
         if not grant.can_read(stream_id):
             self.fail(ex, protocol.FORBIDDEN, f"token does not allow stream {stream_id!r}")
             return
-        headers = [("X-Accel-Buffering", "no")]
-        self.stream(ex, grant, stream_id, position, sse.EVENT_STREAM, headers)
+        self.stream(ex, grant, stream_id, position, sse.EVENT_STREAM, [])
 
     # --- GET /streams/{ID} --------------------------------------------------------------------
 
