@@ -17,12 +17,15 @@ process of a deployment, a test or a benchmark would pay that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from streamfan import redact
 from streamfan.errors import ConfigError, StreamfanError
+from streamfan.settings import Settings
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -111,7 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # On the handler, so it sees every logger's records at every level (a
+    # handshake's ?token= at DEBUG, an upstream's headers in httpcore's).
+    redact.install()
     try:
+        # A bad setting: the command builds its settings and reports it itself.
+        with contextlib.suppress(ConfigError):
+            redact.install(Settings.from_env().secrets)
         return int(run(args))
     except ConfigError as exc:
         print(f"streamfan {args.command}: configuration error: {exc}", file=sys.stderr)

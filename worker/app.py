@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from arq import Worker, func
 from arq.connections import RedisSettings
 
+from streamfan import redact
 from streamfan.keys import JOB_FUNCTION
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
@@ -38,6 +39,9 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     s = settings or Settings.from_env()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        # However the process was started (``streamfan worker``, ``arq``, an
+        # application): the upstream's key is masked in whatever its handlers write.
+        redact.install(s.secrets)
         events_redis = aioredis.Redis.from_url(s.events_url, health_check_interval=10)
         queue_redis = ctx["redis"]
         control = ControlChannel(events_redis, s.keys.cancel_channel, s.keys.jobs_channel)
