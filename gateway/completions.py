@@ -75,6 +75,7 @@ class OpenAIDoor:
         self._submitting = asyncio.Semaphore(self.ctx.settings.read_pool_size)
         self._buckets: dict[str, TokenBucket] = {}
         doors.v1 = self.handle
+        doors.closers.append(self.aclose)
 
     async def aclose(self) -> None:
         if self._client is not None:

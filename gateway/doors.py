@@ -124,9 +124,17 @@ class Doors:
         #: ``/v1/…`` (the OpenAI-compatible door, :mod:`gateway.completions`, which
         #: builds on this module and mounts itself here).
         self.v1: Callable[[Exchange], Awaitable[None]] | None = None
+        #: Awaited by :meth:`aclose` (a mounted door's own resources).
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
-    def start(self) -> None:
+    def start(self) -> Doors:
         self.ctx.hub.spawn(self._keepalive(), name="http keep-alive")
+        return self
+
+    async def aclose(self) -> None:
+        """After :meth:`stop`: what the mounted doors hold (the submitter's pools)."""
+        for close in self.closers:
+            await close()
 
     def stop(self) -> None:
         for sink in list(self.sinks):
