@@ -23,16 +23,19 @@ No secret configured and ``--insecure-no-auth``: everyone gets
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from streamfan.errors import TokenError
+from streamfan.errors import ConfigError, TokenError
 from streamfan.keys import is_valid_stream_id
 from streamfan.positions import FROM_START, parse_position
 from streamfan.settings import Settings
 from streamfan.tokens import ALL_STREAMS, OPEN_GRANT, Grant, verify_token
+
+log = logging.getLogger("gateway.server")
 
 WS_PATH = "/ws"
 STREAMS_PATH = "/streams/"
@@ -134,3 +137,20 @@ def _grant(
         return verify_token(settings.jwt_secret, token)
     except TokenError as exc:
         return Refusal(HTTPStatus.UNAUTHORIZED, str(exc))
+
+
+def require_a_secret(settings: Settings) -> None:
+    """Refuse to serve without a JWT secret, unless told to (and then say so loudly)."""
+    if settings.jwt_secret is not None:
+        return
+    if not settings.insecure_no_auth:
+        raise ConfigError(
+            "STREAMFAN_JWT_SECRET",
+            "the gateway needs a secret to verify tokens; set it, or run with "
+            "--insecure-no-auth (STREAMFAN_INSECURE_NO_AUTH=1) to let anyone read "
+            "and cancel every stream",
+        )
+    log.warning(
+        "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
+        "reach this gateway may read and cancel EVERY stream"
+    )

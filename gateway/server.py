@@ -41,7 +41,7 @@ from gateway.router import router_factory
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
 from streamfan import events, protocol, redact, store
-from streamfan.errors import ConfigError, RedisUnavailable
+from streamfan.errors import RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
 from streamfan.scripts import Reply
 from streamfan.settings import Settings
@@ -90,18 +90,7 @@ class Gateway:
 
     async def start(self) -> Gateway:
         s, t = self.settings, self.tuning
-        if s.jwt_secret is None:
-            if not s.insecure_no_auth:
-                raise ConfigError(
-                    "STREAMFAN_JWT_SECRET",
-                    "the gateway needs a secret to verify tokens; set it, or run with "
-                    "--insecure-no-auth (STREAMFAN_INSECURE_NO_AUTH=1) to let anyone read "
-                    "and cancel every stream",
-                )
-            log.warning(
-                "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
-                "reach this gateway may read and cancel EVERY stream"
-            )
+        auth.require_a_secret(s)
         # websockets logs each handshake's request line and headers (?token=,
         # Authorization) at DEBUG on this logger: scrubbed here too, for an
         # application that embeds the gateway with handlers of its own.

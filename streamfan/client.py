@@ -42,6 +42,7 @@ from streamfan.settings import Settings
 from streamfan.store import (
     StreamMeta,
     create_meta,
+    now_ms,
     read_meta,
     request_cancel,
 )
@@ -176,6 +177,10 @@ class Client:
         # arq answers None when this job id is queued, running or kept as a result:
         # that is the idempotent case (a retried submit after a crash lands here too).
         async with redis_errors():
+            # Indexed before enqueueing: a stream whose job is then lost (or never
+            # enqueued, if this process dies here) is found and ended by the
+            # workers' orphan sweep (worker/sweep.py).
+            await self._queue.zadd(self.keys.open_streams, {sid: now_ms()}, nx=True)
             await self._queue.enqueue_job(JOB_FUNCTION, body, _job_id=sid)
             # Wake an idle worker now rather than at its next poll.
             await self.redis.publish(self.keys.jobs_channel, sid)
