@@ -181,5 +181,6 @@ def test_a_short_api_key_is_refused_at_start_up_without_showing_it() -> None:
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({"STREAMFAN_API_KEYS": f"{'a' * 32},{short}"})
     assert "STREAMFAN_API_KEYS" in str(raised.value) and short not in str(raised.value)
+    assert "key 2" in str(raised.value)
     settings = Settings.from_env({"STREAMFAN_API_KEYS": "a" * 32})
     assert "a" * 32 not in repr(settings)
