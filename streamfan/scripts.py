@@ -130,9 +130,8 @@ end
 """
 )
 
-#: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
-#: ARGV: now_ms, model, owner, queued_ttl_ms[, field, value]... (more meta fields,
-#: written with the rest: the OpenAI door's request digest, say)
+#: submit(): create the meta hash unless it exists (1 if created, else 0). ARGV: now_ms,
+#: model, owner, queued_ttl_ms[, field, value]... (more meta fields: the door's digest)
 CREATE: Final = (
     _COMMON
     + r"""
