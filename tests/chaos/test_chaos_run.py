@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chaos.plan import PROCESS_FAULTS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
