@@ -27,6 +27,7 @@ import contextlib
 import logging
 import random
 import time
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class Outage:
 RECANCEL_S = 0.1
 
 
-async def stop_task(task: asyncio.Task[None]) -> None:
+async def stop_task(task: asyncio.Task[Any]) -> None:
     """Cancel ``task`` and wait until it has ended, cancelling again if need be.
 
     redis-py reads inside ``asyncio.timeout``, which on Python 3.11 can lose a
