@@ -118,17 +118,14 @@ local function is_finished(status)
   return FINISHED[status] == true
 end
 
--- An attempt decided how the stream ends and waited until that was on disk
--- (STREAMFAN_DURABLE_FINISH, worker/durability.py), but its terminal entry was
--- lost (an AOF tail cut by a crash): write that end again, rather than generate
--- a different reply or end it otherwise. Returns the status, or nil if no marker.
+-- A durable end (worker/durability.py) whose terminal entry a crash took back:
+-- write that end again, not a new reply. Returns the status, or nil if no marker.
 local function finish_from_marker(maxlen, now, retention_ms)
-  local finishing = redis.call('HGET', meta, M_FINISHING)
-  if not finishing then return nil end
-  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
-  append(maxlen, {finishing}, 1, 1)
-  finish(final, now, retention_ms)
-  return final
+  local m = redis.call('HMGET', meta, M_FINISHING, M_FINISHING_STATUS)
+  if not m[1] then return nil end
+  append(maxlen, {m[1]}, 1, 1)
+  finish(m[2], now, retention_ms)
+  return m[2]
 end
 """
 )
@@ -259,8 +256,7 @@ return out
 #: the base + ":meta", ":events", ":live".
 #: Why one argument, not KEYS: redis-py packs each argument in Python (~2 µs
 #: each), which for four per stream cost more than the rest of the append.
-#: Keys named inside a script are fine on one Redis; the batch spans many
-#: streams' slots anyway, so a Redis Cluster would need batches split by slot.
+#: The keys are named inside the script: a batch spans many streams' slots.
 #: Returns one reply per stream, in order, each shaped as :data:`APPEND`'s, or
 #: {'err', message} if Redis refused that stream's commands, or {'bad_record'}.
 APPEND_MANY: Final = (
