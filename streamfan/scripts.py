@@ -130,9 +130,8 @@ end
 """
 )
 
-#: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
-#: ARGV: now_ms, model, owner, queued_ttl_ms[, field, value]... (more meta fields,
-#: written with the rest: the OpenAI door's request digest, say)
+#: submit(): create the meta hash unless it exists (1 if created, else 0). ARGV: now_ms,
+#: model, owner, queued_ttl_ms[, field, value]... (more meta fields: the door's digest)
 CREATE: Final = (
     _COMMON
     + r"""
@@ -318,15 +317,9 @@ RENEW: Final = (
     _COMMON
     + r"""
 local holder = redis.call('GET', lease)
-if holder ~= ARGV[1] then
-  if holder or not ARGV[3] or redis.call('HGET', meta, M_ATTEMPT) ~= ARGV[3]
-     or redis.call('HGET', meta, M_STATUS) ~= S_RUNNING then
-    return {0, ''}
-  end
-  redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('PEXPIRE', lease, ARGV[2])
-end
+if holder ~= ARGV[1] and (holder or not ARGV[3] or redis.call('HGET', meta, M_ATTEMPT)
+    ~= ARGV[3] or redis.call('HGET', meta, M_STATUS) ~= S_RUNNING) then return {0, ''} end
+redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])  -- ours, or lapsed and still ours
 return {1, redis.call('HGET', meta, M_CANCEL) or ''}
 """
 )
