@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ import redis.asyncio as aioredis
 from bench import report
 from bench.events import stamped_delta
 from bench.fanout import _settings
-from bench.machine import CpuMeter, commands_between, commandstats, machine_info
-from bench.procs import Children, profiling, redis_for, scrape
+from bench.machine import CpuMeter, MachineMeter, commands_between, commandstats, machine_info
+from bench.procs import Children, add_upstream_arguments, profiling, redis_for, scrape
 from bench.profile_split import split_file
 from bench.report import progress
 from bench.sse_decoder import openai_body
@@ -40,6 +41,9 @@ from worker.sse import SSEDecoder
 
 M = "streamfan_worker_"
 LAG_STREAMS = 20
+#: A process at this share of one core or more is the saturated part of a row
+#: (one Python process runs on one core at a time).
+SATURATED_CORES = 0.9
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=20.0, help="tokens/s per stream")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds before the window")
     p.add_argument("--window", type=float, default=6.0, help="measured seconds")
+    add_upstream_arguments(p)
     p.add_argument(
         "--profile",
         metavar="DIR",
@@ -106,13 +111,15 @@ async def one(
     await asyncio.sleep(args.warmup)
     s0 = await snapshot(port, url)
     meters = {name: CpuMeter(pid).start() for name, pid in pids.items() if pid}
+    machine = MachineMeter().start()
     t0 = time.time() * 1000
-    async with profiling(args.profile, pids["worker"], f"ingest-{n}", args.window):
+    async with profiling(args.profile, pids["worker"] or 0, f"ingest-{n}", args.window):
         await asyncio.sleep(args.window)
     t1 = time.time() * 1000
     s1 = await snapshot(port, url)
     for meter in meters.values():
         meter.stop()
+    machine.stop()
     wcpu = meters["worker"]
     lags = await lag_ms(sf.redis, sids[:LAG_STREAMS], args.rate, (t0, t1))
     await asyncio.gather(*(sf.cancel(sid) for sid in sids))
@@ -123,7 +130,7 @@ async def one(
     trips = s1["trips"] - s0["trips"]
     cmds = commands_between(s0["cmds"], s1["cmds"])
     offered = n * args.rate * wcpu.wall_s
-    return {
+    row = {
         "streams": n,
         "running": int(s0["running"]),
         "seconds": wcpu.wall_s,
@@ -133,8 +140,12 @@ async def one(
         "delivered_fraction": chunks / offered if offered else 0.0,
         "worker_cpu_cores": wcpu.cores,
         "worker_cpu_us_per_chunk": wcpu.cpu_s * 1e6 / max(chunks, 1),
-        "mock_cpu_cores": meters["mock"].cores,
+        "upstream_cpu_cores": sum(m.cores for k, m in meters.items() if k.startswith("up")),
+        "upstream_cpu_max_process": max(
+            (m.cores for k, m in meters.items() if k.startswith("up")), default=0.0
+        ),
         "redis_cpu_cores": meters["redis"].cores if "redis" in meters else None,
+        "machine_busy_cores": machine.busy_cores,
         "writes": writes,
         "reads": reads,
         "round_trips": trips,
@@ -148,6 +159,27 @@ async def one(
             split_file(Path(args.profile) / f"ingest-{n}.folded") if args.profile else {}
         ),
     }
+    row["bound"] = bound(row)
+    return row
+
+
+def bound(row: dict[str, Any]) -> str:
+    """Which part limited a row: ``worker``, ``upstream``, ``machine``, ``behind`` or ``none``.
+
+    ``worker`` only when the worker process ran at (nearly) a whole core and the
+    upstream did not: then chunks per second over the worker's cores is what one
+    worker core sustains. A machine whose cores were all busy (other processes
+    included) while neither was saturated is ``machine``: the worker was starved.
+    """
+    if row["upstream_cpu_max_process"] >= SATURATED_CORES:
+        return "upstream"
+    if row["worker_cpu_cores"] >= SATURATED_CORES:
+        return "worker"
+    if row["machine_busy_cores"] >= 0.9 * (os.cpu_count() or 1):
+        return "machine"
+    if row["delivered_fraction"] < 0.95:
+        return "behind"  # fell behind with no part saturated (by these thresholds)
+    return "none"
 
 
 def sse_baseline() -> dict[str, float]:
@@ -202,7 +234,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with redis_for(args.redis_url) as (redis_url, redis_pid):
         baselines = {"sse_decoder": sse_baseline(), "xadd_loop": await xadd_baseline(redis_url)}
         async with Children() as children:
-            mock, upstream = await children.mock_upstream()
+            ups, upstream = await children.upstream(args.upstream, args.upstream_procs)
             port = free_port()
             worker = await children.worker(
                 redis_url,
@@ -213,7 +245,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             async with Client(Settings.from_env({}, redis_url=redis_url)) as sf:
                 for n in sweep:
                     progress(f"ingest: {n} streams at {args.rate:g} tokens/s")
-                    pids = {"worker": worker.pid, "mock": mock.pid, "redis": redis_pid}
+                    pids: dict[str, int | None] = {"worker": worker.pid, "redis": redis_pid}
+                    pids.update({f"upstream-{i}": u.pid for i, u in enumerate(ups)})
                     rows.append(await one(args, sf, n, port, pids, redis_url))
                     progress(f"ingest: the same {n} replies read and decoded alone (no Redis)")
                     rows[-1]["upstream_alone"] = await reader_baseline(children, upstream, n, args)
@@ -225,7 +258,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "config": {k: v for k, v in vars(args).items() if k not in ("func", "argv", "out")},
         "rows": rows,
         "baselines": baselines,
-        # What one core would sustain at the CPU cost per chunk measured.
+        # What one worker core sustains: only from rows where the worker was the
+        # saturated part (None when no row got there); the estimate extrapolates
+        # from any row's CPU per chunk and is no more than that.
+        "streams_per_worker_core": max(
+            (
+                r["chunks_per_s"] / r["worker_cpu_cores"] / args.rate
+                for r in rows
+                if r["bound"] == "worker"
+            ),
+            default=None,
+        ),
         "streams_per_core_estimate": max(
             (
                 r["chunks_per_s"] / r["worker_cpu_cores"] / args.rate
@@ -257,8 +300,10 @@ def render(data: dict[str, Any]) -> str:
         "evalsha/read",
         "lag p50 ms",
         "lag p99 ms",
-        "mock CPU",
+        "upstream CPU",
         "Redis CPU",
+        "machine busy",
+        "bound",
         "read+decode alone µs/chunk",
     ]
     rows = [
@@ -272,8 +317,10 @@ def render(data: dict[str, Any]) -> str:
             r["evalsha_per_read"],
             r["lag_ms"]["p50"],
             r["lag_ms"]["p99"],
-            r["mock_cpu_cores"],
+            r["upstream_cpu_cores"],
             r["redis_cpu_cores"] if r["redis_cpu_cores"] is not None else "-",
+            r["machine_busy_cores"],
+            r["bound"],
             r["upstream_alone"]["cpu_us_per_chunk"],
         ]
         for r in data["rows"]
@@ -288,6 +335,10 @@ def render(data: dict[str, Any]) -> str:
         ],
     )
     out = report.table(headers, rows) + "\n\n" + base
+    per_core = data["streams_per_worker_core"]
+    out += "\n\nstreams one worker core sustains: " + (
+        f"{per_core:.0f} (rows bound by the worker)" if per_core else "no row bound by the worker"
+    )
     for r in data["rows"]:
         if r.get("profile_split"):
             shares = [[name, f"{share:.0%}"] for name, share in r["profile_split"].items()]

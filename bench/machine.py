@@ -86,6 +86,33 @@ class CpuMeter:
         return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
+def machine_busy_ticks() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+@dataclass
+class MachineMeter:
+    """Busy cores of the whole machine (every process, ours and others') over a window."""
+
+    busy0: int = 0
+    total0: int = 0
+    busy_cores: float = 0.0
+
+    def start(self) -> MachineMeter:
+        self.busy0, self.total0 = machine_busy_ticks()
+        return self
+
+    def stop(self) -> MachineMeter:
+        busy, total = machine_busy_ticks()
+        share = (busy - self.busy0) / max(total - self.total0, 1)
+        self.busy_cores = share * (os.cpu_count() or 1)
+        return self
+
+
 def commandstats(url: str) -> dict[str, int]:
     """calls per command (``INFO commandstats``), lower-case names."""
     with redis.Redis.from_url(url) as r:

@@ -7,6 +7,7 @@ on stdin/stdout. :class:`Children` stops whatever is still running on exit.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -144,6 +145,26 @@ class Children:
             if "listening on " in text:
                 return child, text.rsplit(" ", 1)[1]
 
+    async def lean_upstream(self, procs: int = 1) -> tuple[list[Child], str]:
+        """``procs`` processes of :mod:`bench.lean_upstream` sharing one port; their URL."""
+        first = await self.helper("lean-upstream-0", "bench.lean_upstream", {"port": 0})
+        url = (await first.recv(30))["url"]
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        rest = [
+            await self.helper(f"lean-upstream-{i}", "bench.lean_upstream", {"port": port})
+            for i in range(1, procs)
+        ]
+        for child in rest:
+            await child.recv(30)
+        return [first, *rest], url
+
+    async def upstream(self, kind: str, procs: int = 1) -> tuple[list[Child], str]:
+        """The upstream a scenario reads: ``lean`` (default) or the full ``mock``."""
+        if kind == "mock":
+            child, url = await self.mock_upstream()
+            return [child], url
+        return await self.lean_upstream(procs)
+
     async def worker(
         self, redis_url: str, upstream: str, metrics_port: int, **settings: Any
     ) -> Child:
@@ -173,6 +194,18 @@ class Children:
         finally:
             await r.aclose()
         raise RuntimeError("worker did not start")
+
+
+def add_upstream_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--upstream",
+        choices=("lean", "mock"),
+        default="lean",
+        help="lean: pre-encoded chunks (bench/lean_upstream.py); mock: streamfan mock-upstream",
+    )
+    p.add_argument(
+        "--upstream-procs", type=int, default=1, help="lean upstream processes (one port)"
+    )
 
 
 @contextlib.contextmanager

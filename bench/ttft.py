@@ -20,13 +20,15 @@ import orjson
 from bench import report
 from bench.fanout import _settings
 from bench.machine import CpuMeter, machine_info
-from bench.procs import Children, redis_for, scrape
+from bench.procs import Children, add_upstream_arguments, redis_for, scrape
 from bench.report import progress
 from bench.wsclient import WSClient
 from cli.redis_server import free_port
 from streamfan import protocol
 from streamfan.client import Client
 from streamfan.settings import Settings
+
+W = "streamfan_worker_"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background-rate", type=float, default=20.0, help="their tokens/s")
     p.add_argument("--upstream-ttft-ms", type=float, default=20.0, help="the mock's own TTFT")
     p.add_argument("--skip-loaded", action="store_true", help="measure at idle only")
+    add_upstream_arguments(p)
 
 
 class Watcher(WSClient):
@@ -75,7 +78,7 @@ def body(tokens: int, ttft_ms: float, rate: float = 0.0) -> dict[str, Any]:
 
 
 async def measure(sf: Client, ws: Watcher, jobs: int, ttft_ms: float) -> dict[str, Any]:
-    added, start, submit = [], [], []
+    added, start, submit, ids = [], [], [], []
     for i in range(jobs):
         t0 = time.perf_counter()
         sub = await sf.submit(body(4, ttft_ms))
@@ -89,6 +92,7 @@ async def measure(sf: Client, ws: Watcher, jobs: int, ttft_ms: float) -> dict[st
         submit.append((t1 - t0) * 1000)
         start.append((t_start - t0) * 1000)
         added.append((t_delta - t0) * 1000 - ttft_ms)
+        ids.append(sub.stream_id)
         if (i + 1) % 10 == 0:
             progress(f"ttft: {i + 1}/{jobs} jobs")
     return {
@@ -96,6 +100,11 @@ async def measure(sf: Client, ws: Watcher, jobs: int, ttft_ms: float) -> dict[st
         "added_ms": report.summary(added),
         "to_start_event_ms": report.summary(start),
         "submit_call_ms": report.summary(submit),
+        # The slowest jobs by stream id, to find them in the worker's log.
+        "slowest": sorted(
+            ({"stream_id": i, "added_ms": a} for i, a in zip(ids, added, strict=True)),
+            key=lambda j: -j["added_ms"],
+        )[:3],
     }
 
 
@@ -103,7 +112,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     phases = []
     with redis_for(args.redis_url) as (redis_url, _pid):
         async with Children() as children:
-            _mock, upstream = await children.mock_upstream()
+            ups, upstream = await children.upstream(args.upstream, args.upstream_procs)
             port = free_port()
             worker = await children.worker(
                 redis_url, upstream, port, worker_max_jobs=args.background + 50
@@ -115,11 +124,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await ws.connect()
                 await measure(sf, ws, 5, args.upstream_ttft_ms)  # warm-up
                 progress(f"ttft: idle, {args.jobs} jobs")
-                wcpu, gcpu = CpuMeter(worker.pid).start(), CpuMeter(gw.pid).start()
+                pids = {"worker": worker.pid, "gateway": gw.pid}
+                pids.update({f"upstream-{i}": u.pid for i, u in enumerate(ups)})
+                meters = {k: CpuMeter(pid).start() for k, pid in pids.items()}
                 res = await measure(sf, ws, args.jobs, args.upstream_ttft_ms)
-                phases.append(_phase("idle", 0, res, wcpu.stop(), gcpu.stop()))
+                phases.append(_phase("idle", 0, res, meters))
                 if not args.skip_loaded and args.background > 0:
-                    phases.append(await loaded(args, sf, ws, port, worker.pid, gw.pid))
+                    phases.append(await loaded(args, sf, ws, port, pids))
                 ws.close()
     return {
         "scenario": "ttft",
@@ -132,7 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def loaded(
-    args: argparse.Namespace, sf: Client, ws: Watcher, port: int, wpid: int, gpid: int
+    args: argparse.Namespace, sf: Client, ws: Watcher, port: int, pids: dict[str, int]
 ) -> dict[str, Any]:
     n, rate = args.background, args.background_rate
     progress(f"ttft: starting {n} background streams at {rate:g} tokens/s")
@@ -147,22 +158,33 @@ async def loaded(
         await asyncio.sleep(0.2)
     jobs = args.jobs if args.loaded_jobs is None else args.loaded_jobs
     progress(f"ttft: {running:.0f} streams running; {jobs} jobs")
-    wcpu, gcpu = CpuMeter(wpid).start(), CpuMeter(gpid).start()
+    meters = {k: CpuMeter(pid).start() for k, pid in pids.items()}
+    m0 = await scrape(port)
     res = await measure(sf, ws, jobs, args.upstream_ttft_ms)
-    out = _phase("loaded", int(running), res, wcpu.stop(), gcpu.stop())
+    m1 = await scrape(port)
+    out = _phase("loaded", int(running), res, meters)
+    # The admission signals at the end of the phase, and the jobs declined in it.
+    out["worker_loop_lag_ms"] = m1.get(W + "loop_lag_seconds", 0.0) * 1000
+    out["worker_cpu_signal_cores"] = m1.get(W + "cpu_cores", 0.0)
+    out["jobs_declined"] = m1.get(W + "jobs_declined_total", 0.0) - m0.get(
+        W + "jobs_declined_total", 0.0
+    )
     await asyncio.gather(*(sf.cancel(sid) for sid in bg))
     return out
 
 
 def _phase(
-    name: str, running: int, res: dict[str, Any], wcpu: CpuMeter, gcpu: CpuMeter
+    name: str, running: int, res: dict[str, Any], meters: dict[str, CpuMeter]
 ) -> dict[str, Any]:
+    for meter in meters.values():
+        meter.stop()
     return {
         "phase": name,
         "background_streams": running,
         **res,
-        "worker_cpu_cores": wcpu.cores,
-        "gateway_cpu_cores": gcpu.cores,
+        "worker_cpu_cores": meters["worker"].cores,
+        "gateway_cpu_cores": meters["gateway"].cores,
+        "upstream_cpu_cores": sum(m.cores for k, m in meters.items() if k.startswith("up")),
     }
 
 
@@ -176,6 +198,7 @@ def render(data: dict[str, Any]) -> str:
         "added max ms",
         "submit p50 ms",
         "worker CPU",
+        "upstream CPU",
     ]
     rows = [
         [
@@ -187,6 +210,7 @@ def render(data: dict[str, Any]) -> str:
             p["added_ms"]["max"],
             p["submit_call_ms"]["p50"],
             p["worker_cpu_cores"],
+            p["upstream_cpu_cores"],
         ]
         for p in data["phases"]
     ]

@@ -20,7 +20,6 @@ import weakref
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -230,7 +229,7 @@ class Gateway:
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        path = urlsplit(request.path).path
+        path = auth.split_target(request.path)[0]
         if not auth.is_websocket_path(path):
             return await self._endpoints.handle(connection, path)
 

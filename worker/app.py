@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -21,7 +22,8 @@ from streamfan.keys import JOB_FUNCTION
 from streamfan.redis_edge import FAILURES
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
-from worker.arqhold import ARQ_IN_PROGRESS_PREFIX
+from worker.admission import MAX_WAIT_S, Admission, room_key
+from worker.arqhold import ARQ_IN_PROGRESS_PREFIX, JobStarter
 from worker.control import ControlChannel
 from worker.health import READY_TIMEOUT_S, HealthServer, ping_within
 from worker.job import STATE_KEY, WorkerState, chat_stream
@@ -38,6 +40,10 @@ log = logging.getLogger(__name__)
 ARQ_MAX_TRIES = 1_000_000
 #: arq's timeout sits above ours so that our own deadline writes the error event.
 ARQ_TIMEOUT_MARGIN_S = 60.0
+#: The key of the process's :class:`~worker.admission.Admission` in arq's ``ctx``.
+ADMISSION_KEY = "streamfan_admission"
+#: More nudges than this since the last poll are a burst: left to the poll.
+NUDGED_START_LIMIT = 16
 #: Keys of ``ctx`` beside the state: tasks and servers that on_shutdown stops.
 _SERVICES_KEY = "streamfan_services"
 
@@ -97,6 +103,10 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
             metrics=metrics,
             queue_outage=queue_outage,
         )
+        state: WorkerState = ctx[STATE_KEY]
+        room = (queue_redis, room_key(s.queue_name), state.worker_id)
+        ctx[ADMISSION_KEY] = Admission(metrics, room=room)
+        ctx[ADMISSION_KEY].start()
         Gauge(
             "streamfan_worker_redis_up",
             "1 while this worker's Redis answers (0 during an outage it is riding out)",
@@ -106,6 +116,7 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         services: list[Any] = [
             asyncio.create_task(sweeper.run(), name="streamfan-orphan-sweep"),
         ]
+        services.append(ctx[ADMISSION_KEY])
         ctx[_SERVICES_KEY] = services
         if s.worker_metrics_port:
 
@@ -190,6 +201,9 @@ class StreamfanWorker(Worker):
         self.fallback_poll_s = poll_delay
         #: Set once started up and polling (tests and embedders wait on it).
         self.ready = asyncio.Event()
+        self._starter: JobStarter | None = None
+        #: Jobs declined and not started since (each is logged and counted once).
+        self._declined: set[str] = set()
         #: Until startup made the state's: the queue's Redis as seen by the poll.
         self._outage = Outage("queue Redis")
         self._poll_failures = 0
@@ -231,6 +245,14 @@ class StreamfanWorker(Worker):
                 await self._recover()
             if self._stranded:
                 await self._release_stranded()
+            nudged = state.control.take_nudged() if state is not None else []
+            nudged = [j for j in nudged if j.decode("utf-8", "replace") not in self.tasks]
+            if 0 < len(nudged) <= NUDGED_START_LIMIT and not self.burst:
+                # The jobs just submitted, before the poll finds them (a round trip
+                # less); every worker nudged tries, START_JOB lets one have each.
+                # After a burst of submits the poll below finds them all at once:
+                # one START_JOB per stale nudge, in turn, held the next job 3-18 s.
+                await self.start_jobs(nudged)
             await super()._poll_iteration()
         except FAILURES as exc:
             self._poll_failures += 1
@@ -258,16 +280,62 @@ class StreamfanWorker(Worker):
             raise
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        for job_id in job_ids:
+        """arq's ``start_jobs`` with its start check and our hold in one round trip.
+
+        arq checks and marks each job with WATCH, EXISTS, ZSCORE and MULTI/EXEC,
+        four sequential round trips; :data:`worker.arqhold.START_JOB` does the same
+        and takes the job's hold (so the attempt does not) in one. It also
+        declines a job while :class:`~worker.admission.Admission` says this worker
+        has no room and another worker claims some, until the job has waited
+        ``MAX_WAIT_S``. The bookkeeping (semaphore, ``job_counter``, ``tasks``) is
+        arq's own, as in its method.
+        """
+        state: WorkerState | None = self.ctx.get(STATE_KEY)
+        admission: Admission | None = self.ctx.get(ADMISSION_KEY)
+        if state is None or admission is None:
+            await super().start_jobs(job_ids)
+            return
+        if self._starter is None:
+            self._starter = JobStarter(
+                self.pool,
+                self.queue_name,
+                state.publisher.lease_ms,
+                track=state.settings.keys.open_streams,
+            )
+        busy = admission.busy()
+        due_before = None
+        if busy and job_ids and await admission.others_have_room():
+            due_before = int((time.time() - MAX_WAIT_S) * 1000)
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
             try:
-                await super().start_jobs([job_id])
-            except FAILURES:
-                # arq counts the job as started before its check (WATCH, EXISTS,
-                # ZSCORE: sent at once) and gives the slot back only on a
-                # WatchError or ResponseError; a dead connection here leaked it.
+                outcome, score = await self._starter.start(job_id, due_before)
+            except BaseException:
+                # Counted as started before its check, as arq does: give the slot
+                # back (a dead connection here would leak it).
                 self.job_counter -= 1
                 self.sem.release()
                 raise
+            if outcome != "start":
+                self.job_counter -= 1
+                self.sem.release()
+                if outcome == "declined" and job_id not in self._declined:
+                    if len(self._declined) > 10_000:  # bounded: ids of long-gone jobs
+                        self._declined.clear()
+                    self._declined.add(job_id)
+                    state.metrics.jobs_declined.inc()
+                    log.info("declining job %s for another worker: %s", job_id, busy)
+                continue
+            self._declined.discard(job_id)
+            state.held.add(job_id)
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:

@@ -17,6 +17,7 @@ schedules the retry relative to it; on shutdown the job is made due at once.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -24,6 +25,48 @@ from streamfan.redis_edge import redis_errors
 
 #: arq's in-progress key prefix (arq.constants.in_progress_key_prefix).
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"
+
+
+#: arq's start check (in-progress key absent, job still queued and due) and the
+#: hold, in one script instead of arq's WATCH, EXISTS, ZSCORE, MULTI/EXEC: four
+#: sequential round trips, each a turn of a busy worker's event loop.
+#: KEYS: in-progress key, queue[, open-streams index, to add the job to as
+#: ``renew(track=...)`` does]. ARGV: job id, now_ms, lease_ms, due_before_ms
+#: ('' = any due job; else a job due later than that is declined).
+#: Returns {'start', score} | {'running'} | {'gone'} | {'later'} | {'declined'}.
+START_JOB = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'running'} end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not score then return {'gone'} end
+score = tonumber(score)
+if score > tonumber(ARGV[2]) then return {'later'} end
+if ARGV[4] ~= '' and score > tonumber(ARGV[4]) then return {'declined'} end
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], 'XX', tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
+if KEYS[3] then redis.call('ZADD', KEYS[3], 'NX', ARGV[2], ARGV[1]) end
+return {'start', score}
+"""
+
+
+class JobStarter:
+    """:data:`START_JOB` for one queue (registered once per worker process)."""
+
+    def __init__(
+        self, r: aioredis.Redis, queue_name: str, lease_ms: int, *, track: str | None = None
+    ) -> None:
+        self.queue = queue_name
+        self.track = track
+        self.lease_ms = lease_ms
+        self._script = r.register_script(START_JOB)
+
+    async def start(self, job_id: str, due_before_ms: int | None = None) -> tuple[str, int]:
+        """(outcome, the job's original score); the job is held on ``start``."""
+        reply: Any = await self._script(
+            [ARQ_IN_PROGRESS_PREFIX + job_id, self.queue, *([self.track] if self.track else [])],
+            [job_id, _now_ms(), self.lease_ms, "" if due_before_ms is None else due_before_ms],
+        )
+        outcome = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return outcome, int(reply[1]) if len(reply) > 1 else 0
 
 
 def _now_ms() -> int:

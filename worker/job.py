@@ -85,6 +85,8 @@ class WorkerState:
     upstream: Upstream
     control: ControlChannel
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
+    #: Jobs whose hold ``StreamfanWorker.start_jobs`` already took (worker/arqhold.py).
+    held: set[str] = field(default_factory=set)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     #: The queue's Redis as this process sees it (the events Redis is the publisher's).
     queue_outage: Outage = field(default_factory=lambda: Outage("queue Redis"))
@@ -143,6 +145,8 @@ class Attempt:
         self.model = body.get("model") if isinstance(body, dict) else None
         self.token = f"{state.worker_id}:{uuid.uuid4().hex[:8]}"
         self.writer: AttemptWriter | None = None
+        self.held_at_start = stream_id in state.held
+        state.held.discard(stream_id)
         self.attempt = 0
         #: Why this job cannot run at all (see :func:`chat_stream`), if it cannot.
         self.invalid_job: str | None = None
@@ -151,17 +155,21 @@ class Attempt:
         sid = self.stream_id
         pub = self.state.publisher
         try:
-            claim = await pub.begin(sid, self.token, str(self.model or ""))
+            # The claim writes ``start`` too, except for a job that ends with an error.
+            created = None if self.invalid_job is not None else int(time.time())
+            claim = await pub.begin(sid, self.token, str(self.model or ""), created=created)
         except RedisUnavailable as exc:
             log.warning("stream %s: cannot claim (%s); retrying", sid, exc)
+            await self._unhold()
             raise Retry(defer=REDIS_RETRY_S) from exc
         if claim.outcome == Reply.BUSY:
             # Another worker's lease is still live (it may be dying): look again then.
+            await self._unhold()
             raise Retry(defer=claim.busy_ms / 1000 + 0.05)
         if claim.outcome != Reply.RUN:
             log.info("stream %s: not run (%s)", sid, claim.outcome)
             return claim.status or claim.outcome
-        self.writer = pub.writer(sid, claim.attempt)
+        self.writer = pub.writer(sid, claim.attempt, claim.seq)
         self.attempt = claim.attempt
         if self.invalid_job is not None:
             log.error("stream %s: invalid job: %s", sid, self.invalid_job)
@@ -173,11 +181,13 @@ class Attempt:
         log.info("stream %s: attempt %d started", sid, claim.attempt)
         # Out of arq's polls, and under our lease instead of arq's job timeout
         # (see worker/arqhold.py); and in the open-streams index, for a job
-        # enqueued without the client API (see worker/sweep.py).
-        try:
-            await self.hold.renew(track=self.settings.keys.open_streams)
-        except Exception as exc:  # the lease loop retries this every lease_s / 3
-            log.warning("stream %s: cannot hold the arq job: %s", sid, exc)
+        # enqueued without the client API (see worker/sweep.py). StreamfanWorker
+        # did both as it started the job (START_JOB).
+        if not self.held_at_start:
+            try:
+                await self.hold.renew(track=self.settings.keys.open_streams)
+            except Exception as exc:  # the lease loop retries this every lease_s / 3
+                log.warning("stream %s: cannot hold the arq job: %s", sid, exc)
         metrics = self.state.metrics
         metrics.streams_running.inc()
         outcome = "retry"
@@ -296,6 +306,12 @@ class Attempt:
         log.info("stream %s: %s", self.stream_id, status)
         return status
 
+    async def _unhold(self) -> None:
+        """Before a Retry of a job held at start: arq schedules it from its original score."""
+        if self.held_at_start:
+            with contextlib.suppress(RedisUnavailable):
+                await self.hold.before_retry()
+
     async def _release(self) -> None:
         """Give up the lease now (it expires in 1 ms) so the next attempt need not wait."""
         await self.state.publisher.renew(self.stream_id, self.token, lease_ms=1)
@@ -340,12 +356,7 @@ class Attempt:
         """Call the upstream and write its events; return the terminal event."""
         assert self.writer is not None
         writer = self.writer
-        sid = self.stream_id
-        first: list[Event] = []
-        if claim.had_events:
-            first.append(events.reset(claim.attempt))
-        first.append(events.start(sid, str(self.model or ""), int(time.time()), claim.attempt))
-        await writer.write(first)
+        # ``reset`` and ``start`` are written: begin() did, in the claim's round trip.
         body = validate_chat_request(self.body)
         decoder = SSEDecoder()
         translator = Translator(secrets=self.settings.secrets)
@@ -364,10 +375,11 @@ class Attempt:
                     # What came before a failing chunk is still the reply: keep it.
                     if batch:
                         last_content = time.monotonic()
+                        first_content = awaiting_first
                         if awaiting_first:
                             metrics.first_token.observe(last_content - asked)
                             awaiting_first = False
-                        await writer.write(batch)
+                        await writer.write(batch, alone=first_content)
                         metrics.writes.inc()
                         metrics.events_written.inc(len(batch))
                 if writer.cancel_requested:

@@ -50,5 +50,21 @@ class WorkerMetrics:
             registry=r,
         )
 
+        self.jobs_declined = Counter(
+            PREFIX + "jobs_declined",
+            "Jobs left to another worker because this one had no room (worker/admission.py)",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            PREFIX + "loop_lag_seconds",
+            "Worst event-loop lag over the last 2 s (admission's signal)",
+            registry=r,
+        )
+        self.cpu = Gauge(
+            PREFIX + "cpu_cores",
+            "This process's CPU over the last 2 s, in cores (admission's signal)",
+            registry=r,
+        )
+
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -32,6 +32,7 @@ from streamfan.scripts import Reply
 from streamfan.settings import DURABLE_OFF, Settings
 from streamfan.store import now_ms, stream_keys
 from worker.batcher import AppendBatcher, record
+from worker.begin_start import BEGIN_START
 from worker.durability import DurabilityBarrier, Outcome
 from worker.outage import Outage
 
@@ -63,6 +64,15 @@ class Claim:
     had_events: bool = False
     status: str = ""
     busy_ms: int = 0
+    #: With ``created``: events already written by the claim (``reset``, ``start``).
+    seq: int = 0
+
+
+def _before_attempt(event: Event) -> bytes:
+    """``event`` encoded up to its ``attempt`` value (its last field), for BEGIN_START."""
+    encoded = events.encode_event(event)
+    assert encoded.endswith(b'"attempt":0}'), encoded
+    return encoded[:-2]
 
 
 def _s(value: Any) -> str:
@@ -88,9 +98,11 @@ class Publisher:
         self.settings = settings
         self.keys: Keys = settings.keys
         self._begin = r.register_script(scripts.BEGIN)
+        self._begin_start = r.register_script(BEGIN_START)
         self._append = r.register_script(scripts.APPEND)
         self._renew = r.register_script(scripts.RENEW)
         self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
+        self.on_round_trip = on_round_trip
         self.durability = (
             DurabilityBarrier(r, settings) if settings.durable_finish != DURABLE_OFF else None
         )
@@ -107,15 +119,25 @@ class Publisher:
     def retention_ms(self) -> int:
         return int(self.settings.retention_s * 1000)
 
-    async def begin(self, stream_id: str, token: str, model: str) -> Claim:
+    async def begin(
+        self, stream_id: str, token: str, model: str, *, created: int | None = None
+    ) -> Claim:
+        """Claim the next attempt; with ``created`` also write its ``start`` (one round trip)."""
         s = self.settings
         exhausted = events.error(
             codes.ATTEMPTS_EXHAUSTED.code,
             f"gave up after {s.max_attempts} attempts",
             retryable=codes.ATTEMPTS_EXHAUSTED.retryable,
         )
+        first: list[bytes] = []
+        if created is not None:
+            first = [
+                _before_attempt(events.start(stream_id, model, created, 0)),
+                _before_attempt(events.reset(0)),
+            ]
+        script = self._begin if created is None else self._begin_start
         async with redis_errors():
-            res = await self._begin(
+            res = await script(
                 stream_keys(self.keys, stream_id),
                 [
                     token,
@@ -128,11 +150,15 @@ class Publisher:
                     events.encode_event(events.cancelled("cancelled before start")),
                     self.retention_ms,
                     s.maxlen,
+                    *first,
                 ],
             )
         outcome = _s(res[0])
         if outcome == Reply.RUN:
-            return Claim(outcome, attempt=int(res[1]), had_events=bool(int(res[2])))
+            attempt, had = int(res[1]), bool(int(res[2]))
+            if len(res) > 3:
+                return Claim(outcome, attempt, had, seq=int(res[3]))
+            return Claim(outcome, attempt=attempt, had_events=had)
         if outcome == Reply.FINISHED:
             return Claim(outcome, status=_s(res[1]))
         if outcome == Reply.BUSY:
@@ -161,8 +187,10 @@ class Publisher:
             held, cancel = await self._renew(stream_keys(self.keys, stream_id), args)
         return bool(int(held)), _s(cancel)
 
-    def writer(self, stream_id: str, attempt: int) -> AttemptWriter:
-        return AttemptWriter(self, stream_id, attempt)
+    def writer(self, stream_id: str, attempt: int, seq: int = 0) -> AttemptWriter:
+        w = AttemptWriter(self, stream_id, attempt)
+        w.seq = seq
+        return w
 
 
 class AttemptWriter:
@@ -188,8 +216,14 @@ class AttemptWriter:
         *,
         final_status: str = "",
         meta: dict[str, str] | None = None,
+        alone: bool = False,
     ) -> list[str]:
-        """Append ``batch``; with ``final_status`` the stream ends and gets its TTL."""
+        """Append ``batch``; with ``final_status`` the stream ends and gets its TTL.
+
+        ``alone``: in a round trip of its own, not the next shared one (which waits
+        for the one in flight): for a stream's first token, which its reader is
+        waiting for; once per stream, so it costs the others nothing.
+        """
         if not batch and not final_status and not meta:
             return []
         # After an interrupted write the position is unknown: let the script
@@ -200,7 +234,7 @@ class AttemptWriter:
         while True:
             try:
                 async with redis_errors():
-                    res = await self._send(batch, seq, final_status, meta)
+                    res = await self._send(batch, seq, final_status, meta, alone)
                 break
             except RedisRefused:
                 # Redis refused the whole call (READONLY after a failover, BUSY, a
@@ -245,13 +279,21 @@ class AttemptWriter:
         raise PublishError(f"stream {self.stream_id}: write refused ({outcome})")
 
     async def _send(
-        self, batch: list[Event], seq: int | str, final_status: str, meta: dict[str, str] | None
+        self,
+        batch: list[Event],
+        seq: int | str,
+        final_status: str,
+        meta: dict[str, str] | None,
+        alone: bool = False,
     ) -> Any:
         pub = self.publisher
         if not final_status and not meta:
-            # The hot path: shares its round trip with every other stream's.
-            encoded = [events.encode_event(e) for e in batch]
-            return await pub.batcher.append(record(self._key_base, self.attempt, seq, encoded))
+            if not alone:
+                # The hot path: shares its round trip with every other stream's.
+                encoded = [events.encode_event(e) for e in batch]
+                return await pub.batcher.append(record(self._key_base, self.attempt, seq, encoded))
+            if pub.on_round_trip is not None:  # an append of its own is one too
+                pub.on_round_trip(1)
         pairs: list[str] = []
         for field, value in (meta or {}).items():
             pairs += [field, value]

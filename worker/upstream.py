@@ -1,4 +1,4 @@
-"""The streaming call to the OpenAI-compatible upstream (the only module using httpx).
+"""The streaming call to the OpenAI-compatible upstream, with httpx (see also netbackend.py).
 
 ``Upstream.stream(body)`` opens ``POST {base}/chat/completions`` and yields the
 raw bytes of each network read; every httpx exception and every non-2xx answer
@@ -30,6 +30,7 @@ from streamfan.errors import (
 )
 from streamfan.redact import redact
 from streamfan.settings import Settings
+from worker.netbackend import transport_for
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +82,20 @@ def error_message(body: bytes, status: int, secrets: tuple[str, ...] = ()) -> st
     return redact(message, secrets)[:MESSAGE_LIMIT]
 
 
+#: Streams are long-lived and many run at once: no cap on connections. Kept-alive
+#: connections are reused per upstream host (HTTP/1.1): a new stream skips the
+#: TCP (and TLS) handshake when one is idle.
+LIMITS = httpx.Limits(max_connections=None, max_keepalive_connections=100)
+
+
 class Upstream:
     """One per worker process: a pooled httpx client for the upstream."""
 
     def __init__(self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
         self.settings = settings
-        headers = {"Accept": "text/event-stream"}
+        # identity: an event stream gains nothing from compression, and an
+        # uncompressed body is read with aiter_raw, one layer less per read.
+        headers = {"Accept": "text/event-stream", "Accept-Encoding": "identity"}
         if settings.upstream_api_key:
             headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
         self._secrets = settings.secrets
@@ -100,9 +109,8 @@ class Upstream:
                 # Waiting for a pooled connection is not the upstream's fault.
                 pool=None,
             ),
-            # Streams are long-lived and many run at once: no cap on connections.
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            transport=transport,
+            limits=LIMITS,
+            transport=transport or transport_for(LIMITS),
         )
 
     async def aclose(self) -> None:
@@ -155,11 +163,13 @@ class Upstream:
                 code=codes.UPSTREAM_REQUEST_FAILED.code,
             ) from exc
 
-    async def _reads(self, response: httpx.Response) -> AsyncIterator[bytes]:
-        # aiter_bytes, not aiter_raw: it undoes a gzip Content-Encoding, and yields
-        # each network read as it arrives (no re-chunking when chunk_size is None).
-        async for data in response.aiter_bytes():
-            yield data
+    def _reads(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        # Returned as is, not wrapped in another async generator (one layer less
+        # per read). aiter_raw when the body is not compressed (we ask for
+        # identity); aiter_bytes undoes a Content-Encoding a server sends anyway.
+        # Neither re-chunks: each yields what each HTTP chunk brought.
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        return response.aiter_raw() if encoding == "identity" else response.aiter_bytes()
 
     async def _raise_for_status(self, response: httpx.Response) -> None:
         status = response.status_code

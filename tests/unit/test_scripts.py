@@ -16,6 +16,7 @@ import redis.asyncio
 from streamfan import events, orphans, scripts
 from streamfan.keys import EVENT_FIELD, Keys, Meta
 from streamfan.positions import ZERO_RAW
+from worker.begin_start import BEGIN_START
 
 SCRIPTS = {
     name: value
@@ -26,6 +27,7 @@ SCRIPTS = {
     and isinstance(value, str)
     and "redis.call" in value
 }
+SCRIPTS["BEGIN_START"] = BEGIN_START  # composed from BEGIN outside the module
 #: Suffixes of a stream's keys, as :class:`Keys` builds them.
 SUFFIXES = {
     getattr(Keys("p"), kind)("s").removeprefix(Keys("p").base("s"))
@@ -64,6 +66,7 @@ def prelude_names() -> set[str]:
 
 def test_the_script_list_is_complete() -> None:
     expected = {"CREATE", "CANCEL", "BEGIN", "APPEND", "APPEND_MANY", "RENEW", "READ_PAGE"}
+    expected.add("BEGIN_START")
     expected |= {"ORPHAN", "CLAIM_DUE"}  # streamfan/orphans.py
     assert set(SCRIPTS) == expected
 
