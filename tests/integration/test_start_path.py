@@ -11,6 +11,7 @@ from streamfan.client import Client
 from streamfan.events import decode_event
 from streamfan.settings import Settings
 from streamfan.store import create_meta
+from tests.gateway.conftest import eventually
 from tests.integration.conftest import RunningWorker
 from worker.admission import Admission, room_key
 from worker.app import ADMISSION_KEY
@@ -147,4 +148,6 @@ async def test_a_busy_worker_leaves_a_new_job_to_a_worker_with_room(
         def ran(w: RunningWorker) -> float:
             return w.state.metrics.attempts.labels("done")._value.get()
 
+        # The attempt is counted just after its terminal entry, which result() saw.
+        await eventually(lambda: ran(busy) + ran(free) == 3)
         assert (ran(busy), ran(free)) == (0, 3)
