@@ -15,6 +15,7 @@ import pytest
 import redis
 import redis.asyncio
 
+from cli.redis_cluster import RedisCluster
 from cli.redis_server import RedisServer
 from streamfan.settings import Settings
 
@@ -48,6 +49,40 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster for the whole session (no replicas: the failover
+    tests start their own, ``private_cluster``)."""
+    cluster = RedisCluster(masters=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """The session cluster, flushed: the URL of one of its nodes."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[RedisCluster]:
+    """3 masters with a replica each, for a test that kills or reshards them."""
+    cluster = RedisCluster(masters=3, replicas=1).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings, cluster_url: str) -> Settings:
+    """:func:`settings` with the event keys on the session cluster (queue stays single)."""
+    return settings.replace(events_redis_url=cluster_url)
 
 
 @pytest.fixture
