@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from streamfan import store
+from streamfan.cluster import EventsRedis
 from streamfan.errors import RedisUnavailable
 from streamfan.history import PageReader
 from streamfan.keys import Keys, Meta
@@ -28,7 +28,7 @@ from streamfan.store import StreamMeta
 class History:
     """Reads through the gateway's small pool of Redis connections."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, r: EventsRedis, keys: Keys) -> None:
         self.r = r
         self.keys = keys
         self._pages = PageReader(r, keys)
@@ -53,12 +53,12 @@ class History:
                 for sid in stream_ids:
                     pipe.hget(self.keys.meta(sid), Meta.LAST_ID)
                 result: list[bytes | None] = await pipe.execute()
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        except store.UNAVAILABLE as exc:
             raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
         return result
 
     async def ping(self) -> bool:
         try:
             return bool(await self.r.ping())
-        except (redis.exceptions.RedisError, OSError):
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError):
             return False

@@ -24,7 +24,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from gateway.history import History
-from gateway.live import Live
+from gateway.live import LiveSource
 from gateway.metrics import Metrics
 from gateway.peer import Peer, Shared
 from gateway.streams import StreamState, Subscription
@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 
 class Hub:
-    def __init__(self, history: History, live: Live, metrics: Metrics, tuning: Tuning) -> None:
+    def __init__(
+        self, history: History, live: LiveSource, metrics: Metrics, tuning: Tuning
+    ) -> None:
         self.history = history
         self.live = live
         self.metrics = metrics

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from streamfan import events, scripts
+from streamfan.cluster import EventsRedis, register
 from streamfan.errors import RedisUnavailable
 from streamfan.keys import Keys
 
@@ -30,12 +30,25 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: What "Redis is unavailable for now" looks like in redis-py: a lost connection,
+#: and on a cluster a failover or slot migration in progress (no master for the
+#: slot yet, ``CLUSTERDOWN``, ``TRYAGAIN``).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    OSError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterException,
+)
+
+
 @asynccontextmanager
 async def redis_errors() -> AsyncIterator[None]:
     """Translate redis-py's connection errors at the I/O edge."""
     try:
         yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+    except UNAVAILABLE as exc:
         raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
 
 
@@ -126,18 +139,18 @@ def decode_meta(stream_id: str, raw: dict[bytes, bytes]) -> StreamMeta | None:
     )
 
 
-async def read_meta(r: aioredis.Redis, keys: Keys, stream_id: str) -> StreamMeta | None:
+async def read_meta(r: EventsRedis, keys: Keys, stream_id: str) -> StreamMeta | None:
     async with redis_errors():
         raw: dict[bytes, bytes] = await r.hgetall(keys.meta(stream_id))  # type: ignore[misc]
     return decode_meta(stream_id, raw)
 
 
 async def create_meta(
-    r: aioredis.Redis, keys: Keys, stream_id: str, *, model: str, owner: str | None
+    r: EventsRedis, keys: Keys, stream_id: str, *, model: str, owner: str | None
 ) -> bool:
     """Write a queued stream's meta unless it exists; True if this call created it."""
     async with redis_errors():
-        created = await r.register_script(scripts.CREATE)(
+        created = await register(r, scripts.CREATE)(
             stream_keys(keys, stream_id),
             [now_ms(), model, owner or "", int(QUEUED_TTL_S * 1000)],
         )
@@ -145,7 +158,7 @@ async def create_meta(
 
 
 async def request_cancel(
-    r: aioredis.Redis,
+    r: EventsRedis,
     keys: Keys,
     stream_id: str,
     *,
@@ -160,7 +173,7 @@ async def request_cancel(
     renewal if that message is lost), and writes ``cancelled`` itself.
     """
     async with redis_errors():
-        result = await r.register_script(scripts.CANCEL)(
+        result = await register(r, scripts.CANCEL)(
             stream_keys(keys, stream_id),
             [
                 now_ms(),

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from arq import Worker, func
 from arq.connections import RedisSettings
 
+from streamfan.cluster import connect_events
 from streamfan.keys import JOB_FUNCTION
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 ARQ_MAX_TRIES = 1_000_000
 #: arq's timeout sits above ours so that our own deadline writes the error event.
 ARQ_TIMEOUT_MARGIN_S = 60.0
+#: ctx key of the control channel's own client (on a cluster, not the events one).
+CONTROL_REDIS_KEY = "streamfan_control_redis"
 
 
 def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
@@ -38,9 +41,17 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     s = settings or Settings.from_env()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        events_redis = aioredis.Redis.from_url(s.events_url, health_check_interval=10)
+        events_redis = await connect_events(s.events_url, health_check_interval=10)
         queue_redis = ctx["redis"]
-        control = ControlChannel(events_redis, s.keys.cancel_channel, s.keys.jobs_channel)
+        # Cancel requests and job nudges are plain PUBLISH (rare, and for every
+        # worker): a cluster forwards them to every node, so one node will do.
+        control_redis = (
+            events_redis
+            if isinstance(events_redis, aioredis.Redis)
+            else aioredis.Redis.from_url(s.events_url, health_check_interval=10)
+        )
+        ctx[CONTROL_REDIS_KEY] = control_redis
+        control = ControlChannel(control_redis, s.keys.cancel_channel, s.keys.jobs_channel)
         control.start()
         metrics = WorkerMetrics()
         round_trips = metrics.append_round_trips
@@ -69,6 +80,9 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         await state.publisher.aclose()
         await state.upstream.aclose()
         await state.events_redis.aclose()
+        control_redis = ctx.get(CONTROL_REDIS_KEY)
+        if control_redis is not None and control_redis is not state.events_redis:
+            await control_redis.aclose()
 
     return {
         "functions": [

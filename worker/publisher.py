@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import redis.exceptions
 
 from streamfan import events, scripts
+from streamfan.cluster import EventsRedis, register
 from streamfan.errors import RedisUnavailable, StreamfanError
 from streamfan.events import Event
 from streamfan.keys import Keys
@@ -71,7 +71,7 @@ def _s(value: Any) -> str:
 class Publisher:
     def __init__(
         self,
-        r: aioredis.Redis,
+        r: EventsRedis,
         settings: Settings,
         *,
         on_round_trip: Callable[[int], None] | None = None,
@@ -80,9 +80,9 @@ class Publisher:
         self.r = r
         self.settings = settings
         self.keys: Keys = settings.keys
-        self._begin = r.register_script(scripts.BEGIN)
-        self._append = r.register_script(scripts.APPEND)
-        self._renew = r.register_script(scripts.RENEW)
+        self._begin = register(r, scripts.BEGIN)
+        self._append = register(r, scripts.APPEND)
+        self._renew = register(r, scripts.RENEW)
         self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
 
     async def aclose(self) -> None:
@@ -186,9 +186,14 @@ class AttemptWriter:
                 if tries == WRITE_TRIES:
                     raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
                 log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
-            except redis.exceptions.ResponseError as exc:
+            except (
+                redis.exceptions.ResponseError,
+                redis.exceptions.ClusterError,
+                redis.exceptions.RedisClusterException,
+            ) as exc:
                 # Redis refused the whole call (READONLY after a failover, BUSY, a
-                # script error): a later attempt may succeed, so the job retries.
+                # script error; on a cluster CLUSTERDOWN or no master yet for the
+                # slot): a later attempt may succeed, so the job retries.
                 raise RedisUnavailable(f"Redis refused the append: {exc}") from exc
             except asyncio.CancelledError:
                 # Cancelled mid-call: whether the script ran is unknown, and the

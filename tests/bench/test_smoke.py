@@ -112,3 +112,13 @@ def test_plot_draws_the_fanout_charts(tmp_path: Path, redis_url: str) -> None:
     assert main(["plot", "--results", str(results), "--img", str(img)]) == 0
     for name in ("fanout-throughput.svg", "fanout-latency.svg"):
         assert (img / name).read_text().lstrip().startswith("<?xml")
+
+
+def test_clients_measures_the_append_and_the_sharded_wakeup_on_a_cluster(
+    tmp_path: Path, cluster_url: str
+) -> None:
+    # Only the library the suite installs; coredis and valkey-glide come with .[bench].
+    data = run("clients", tmp_path, cluster_url, "--libs redis-py --appends 50 --messages 200")
+    (row,) = data["rows"]
+    assert row["lib"] == "redis-py"
+    assert row["append_cpu_us"] > 0 and row["wakeup_cpu_us"] > 0
