@@ -153,6 +153,32 @@ class RedisCluster:
                 out.append(node)
         return out
 
+    def owner(self, slot: int) -> ClusterNode:
+        """The master that serves ``slot`` now, as a live master sees it."""
+        with self.masters()[0].client() as r:
+            for first, last, master, *_ in r.execute_command("CLUSTER", "SLOTS"):
+                if int(first) <= slot <= int(last):
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise StreamfanError(f"slot {slot} is not served")
+
+    def migrate_slot(self, slot: int, target: ClusterNode, *, batch: int = 100) -> None:
+        """Move ``slot`` and its keys to ``target``, as ``valkey-cli --cluster
+        reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE."""
+        source = self.owner(slot)
+        src_id, dst_id = source.node_id(), target.node_id()
+        with source.client() as src, target.client() as dst:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", *keys)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        for node in self.masters():
+            if node not in (source, target):
+                with node.client() as r:
+                    r.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
     def flush(self) -> None:
         for node in self.masters():
             with node.client() as r:

@@ -9,7 +9,7 @@ The server is started once per session (``valkey-server`` from the
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis
@@ -70,13 +70,21 @@ def cluster_url(redis_cluster: RedisCluster) -> str:
 
 
 @pytest.fixture
-def private_cluster() -> Iterator[RedisCluster]:
-    """3 masters with a replica each, for a test that kills or reshards them."""
-    cluster = RedisCluster(masters=3, replicas=1).start()
+def private_cluster() -> Iterator[Callable[..., RedisCluster]]:
+    """``private_cluster(replicas=1)``: a 3-master cluster of this test's own, to
+    kill or reshard (with replicas when a master must fail over)."""
+    started: list[RedisCluster] = []
+
+    def start(*, replicas: int = 0) -> RedisCluster:
+        cluster = RedisCluster(masters=3, replicas=replicas)
+        started.append(cluster)
+        return cluster.start()
+
     try:
-        yield cluster
+        yield start
     finally:
-        cluster.close()
+        for cluster in started:
+            cluster.close()
 
 
 @pytest.fixture

@@ -50,8 +50,13 @@ MAX_STREAMS_PER_CALL = 256
 RECORD_SEPARATOR = b"\x1e"
 
 
-#: Replies that say the call went to the wrong node, for now or for good.
-_REDIRECTS = ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
+#: Replies that say the call went to the wrong node, for now or for good
+#: (``MovedError`` is an ``AskError``).
+_REDIRECTS = (
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
 
 
 @dataclass(slots=True)
@@ -264,9 +269,7 @@ class AppendBatcher:
             await r.execute_command("SCRIPT LOAD", self._script.script, target_nodes=node)
             todo = missing
         for sc in calls:
-            if isinstance(sc.result, redis.exceptions.ResponseError) and str(sc.result).startswith(
-                _REDIRECTS
-            ):
+            if isinstance(sc.result, _REDIRECTS):
                 # The slot moved (MOVED), is moving (ASK) or has no master yet: send
                 # this call through the cluster client, which follows redirects and
                 # refreshes its slot map.

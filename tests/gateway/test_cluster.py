@@ -11,11 +11,13 @@ import pytest
 import redis
 from conftest import Player, WsClient, token
 
+from cli.redis_cluster import RedisCluster
 from gateway import Gateway
 from gateway.cluster_live import ClusterLive
 from gateway.live import CLIENT_NAME as LIVE_NAME
 from streamfan.client import Client
-from streamfan.cluster import EventsRedis, connect_events
+from streamfan.cluster import EventsRedis, connect_events, slot
+from streamfan.keys import new_stream_id
 from streamfan.mock.server import MockUpstream
 from streamfan.settings import Settings
 from tests.integration.conftest import RunningWorker
@@ -57,17 +59,35 @@ def live_connections(cluster_url: str) -> dict[str, int]:
     return out
 
 
+def spread(cluster: RedisCluster, settings: Settings, per_master: int) -> list[str]:
+    """Fresh stream ids, ``per_master`` on each master."""
+    by_port: dict[int, list[str]] = {node.port: [] for node in cluster.masters()}
+    while any(len(ids) < per_master for ids in by_port.values()):
+        sid = new_stream_id()
+        ids = by_port[cluster.owner(slot(settings.keys.live(sid))).port]
+        if len(ids) < per_master:
+            ids.append(sid)
+    return [sid for ids in by_port.values() for sid in ids]
+
+
 async def test_streams_on_every_shard_reach_their_clients_over_one_connection_per_shard(
-    cl_gateway: Gateway, acluster: EventsRedis, cl_settings: Settings, cluster_url: str
+    cl_gateway: Gateway,
+    acluster: EventsRedis,
+    cl_settings: Settings,
+    cluster_url: str,
+    redis_cluster: RedisCluster,
 ) -> None:
-    players = [await Player(acluster, cl_settings).create() for _ in range(12)]
+    players = [
+        await Player(acluster, cl_settings, sid).create()
+        for sid in spread(redis_cluster, cl_settings, 4)
+    ]
     tok = token(cl_settings)
     clients = [await _follow(cl_gateway.url, tok, p.stream_id) for p in players for _ in range(3)]
     for c in clients:
         assert (await c.next())["op"] == "subscribed"
     live = cl_gateway.hub.live
     assert isinstance(live, ClusterLive)
-    assert len(live.shards) == 3, "12 streams spread over the three masters"
+    assert len(live.shards) == 3
     assert live_connections(cluster_url) == dict.fromkeys(live.shards, 1)
     for p in players:
         await p.begin()
