@@ -26,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, default=None, help="results directory")
         if name != "plot":
             p.add_argument("--redis-url", help="use this Redis (default: start a Valkey child)")
+        if name in ("fanout", "ingest"):
+            p.add_argument(
+                "--redis",
+                choices=("single", "cluster"),
+                default="single",
+                help="event keys on the queue's Redis, or on a local 3-master Redis Cluster",
+            )
         importlib.import_module(f"bench.{name}").add_arguments(p)
     return parser
 

@@ -26,8 +26,8 @@ import redis.asyncio as aioredis
 from bench import report
 from bench.events import stamped_delta
 from bench.fanout import _settings
-from bench.machine import CpuMeter, commands_between, commandstats, machine_info
-from bench.procs import Children, profiling, redis_for, scrape
+from bench.machine import CpuMeter, CpusMeter, commands_between, commandstats, machine_info
+from bench.procs import Children, events_for, profiling, redis_for, scrape
 from bench.profile_split import split_file
 from bench.report import progress
 from bench.sse_decoder import openai_body
@@ -94,7 +94,8 @@ async def one(
     sf: Client,
     n: int,
     port: int,
-    pids: dict[str, int | None],
+    pids: dict[str, int],
+    redis_pids: list[int],
     url: str,
 ) -> dict[str, Any]:
     tokens = int(args.rate * (args.warmup + args.window + 30))
@@ -105,7 +106,8 @@ async def one(
         await asyncio.sleep(0.2)
     await asyncio.sleep(args.warmup)
     s0 = await snapshot(port, url)
-    meters = {name: CpuMeter(pid).start() for name, pid in pids.items() if pid}
+    meters = {name: CpuMeter(pid).start() for name, pid in pids.items()}
+    rmeter = CpusMeter(redis_pids).start()
     t0 = time.time() * 1000
     async with profiling(args.profile, pids["worker"], f"ingest-{n}", args.window):
         await asyncio.sleep(args.window)
@@ -113,6 +115,7 @@ async def one(
     s1 = await snapshot(port, url)
     for meter in meters.values():
         meter.stop()
+    rmeter.stop()
     wcpu = meters["worker"]
     lags = await lag_ms(sf.redis, sids[:LAG_STREAMS], args.rate, (t0, t1))
     await asyncio.gather(*(sf.cancel(sid) for sid in sids))
@@ -134,11 +137,14 @@ async def one(
         "worker_cpu_cores": wcpu.cores,
         "worker_cpu_us_per_chunk": wcpu.cpu_s * 1e6 / max(chunks, 1),
         "mock_cpu_cores": meters["mock"].cores,
-        "redis_cpu_cores": meters["redis"].cores if "redis" in meters else None,
+        "redis_cpu_cores": rmeter.cores if redis_pids else None,
+        "redis": args.redis,
+        "redis_nodes": max(len(redis_pids), 1),
         "writes": writes,
         "reads": reads,
         "round_trips": trips,
         "streams_per_round_trip": writes / max(trips, 1),
+        # On a cluster: round trips to any node (a send is one per node it touches).
         "round_trips_per_read": trips / max(reads, 1),
         "evalsha_per_read": cmds.get("evalsha", 0) / max(reads, 1),
         "redis_commands": cmds,
@@ -199,8 +205,12 @@ async def reader_baseline(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sweep = [int(s) for s in args.streams.split(",") if s]
     rows = []
-    with redis_for(args.redis_url) as (redis_url, redis_pid):
+    with (
+        redis_for(args.redis_url) as (redis_url, redis_pid),
+        events_for(args.redis, redis_url, redis_pid) as (events_url, event_pids),
+    ):
         baselines = {"sse_decoder": sse_baseline(), "xadd_loop": await xadd_baseline(redis_url)}
+        on_cluster = events_url if args.redis == "cluster" else None
         async with Children() as children:
             mock, upstream = await children.mock_upstream()
             port = free_port()
@@ -209,12 +219,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 upstream,
                 port,
                 worker_max_jobs=max(sweep) + 10,
+                events_redis_url=on_cluster,
             )
-            async with Client(Settings.from_env({}, redis_url=redis_url)) as sf:
+            settings = Settings.from_env({}, redis_url=redis_url, events_redis_url=on_cluster)
+            async with Client(settings) as sf:
                 for n in sweep:
-                    progress(f"ingest: {n} streams at {args.rate:g} tokens/s")
-                    pids = {"worker": worker.pid, "mock": mock.pid, "redis": redis_pid}
-                    rows.append(await one(args, sf, n, port, pids, redis_url))
+                    progress(f"ingest: {n} streams at {args.rate:g} tokens/s ({args.redis})")
+                    pids = {"worker": worker.pid, "mock": mock.pid}
+                    row = await one(args, sf, n, port, pids, event_pids, events_url)
+                    rows.append(row)
                     progress(f"ingest: the same {n} replies read and decoded alone (no Redis)")
                     rows[-1]["upstream_alone"] = await reader_baseline(children, upstream, n, args)
     return {

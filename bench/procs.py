@@ -22,6 +22,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from bench.machine import raise_nofile
+from cli.redis_cluster import RedisCluster
 from cli.redis_server import RedisServer
 
 PY = sys.executable
@@ -156,7 +157,9 @@ class Children:
             **settings,
         )
         child = await self.start("worker", [PY, "-m", "cli", "worker"], env)
-        r = aioredis.Redis.from_url(redis_url)
+        # The worker listens for nudges on the events Redis (any node of a cluster:
+        # the one in the URL).
+        r = aioredis.Redis.from_url(settings.get("events_redis_url") or redis_url)
         try:
             async with httpx.AsyncClient() as http:
                 for _ in range(600):
@@ -173,6 +176,17 @@ class Children:
         finally:
             await r.aclose()
         raise RuntimeError("worker did not start")
+
+
+@contextlib.contextmanager
+def events_for(kind: str, queue_url: str, queue_pid: int | None) -> Iterator[tuple[str, list[int]]]:
+    """(events URL, server pids): the queue's Redis (``single``), or a fresh local
+    3-master Redis Cluster (``cluster``) for the event keys."""
+    if kind == "single":
+        yield queue_url, [queue_pid] if queue_pid else []
+        return
+    with RedisCluster(masters=3) as cluster:
+        yield cluster.url, [n.proc.pid for n in cluster.nodes if n.proc is not None]
 
 
 @contextlib.contextmanager

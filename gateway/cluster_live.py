@@ -245,9 +245,10 @@ async def open_cluster(
         return None
     r = await connect_events(
         url,
-        # Per node. A read that finds them all busy fails (redis-py's cluster
-        # client does not queue): room for the hub's concurrent reads.
-        max_connections=max(settings.read_pool_size * 4, 32),
+        # Per node. redis-py's cluster client fails a command that finds them all
+        # busy instead of queueing it, so gateway.history lets read_pool_size
+        # reads run at once; the margin is for cancels, which do not queue there.
+        max_connections=settings.read_pool_size + 4,
         socket_timeout=tuning.redis_read_timeout_s,
         socket_connect_timeout=tuning.redis_connect_timeout_s,
         client_name=client_name,

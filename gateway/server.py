@@ -119,7 +119,9 @@ class Gateway:
             )
             self._redis = aioredis.Redis(connection_pool=pool)
             self._live = Live(s.events_url, s.keys, t, self.metrics)
-        self._history = History(self._redis, s.keys)
+        # On a cluster the reads wait for a turn here, not in a pool.
+        turns = s.read_pool_size if clustered is not None else None
+        self._history = History(self._redis, s.keys, concurrency=turns)
         self._hub = Hub(self._history, self._live, self.metrics, t)
         self._flusher = Flusher()
         self.metrics.gauges = {

@@ -206,8 +206,6 @@ class AppendBatcher:
         for i, item in enumerate(batch):
             by_slot.setdefault(slot(item.record.split(b" ", 1)[0]), []).append(i)
         now = now_ms()
-        if self._on_round_trip is not None:
-            self._on_round_trip(len(batch))
         out: list[Any] = [None] * len(batch)
         by_node: dict[str, list[_SlotCall]] = {}
         nodes: dict[str, ClusterNode] = {}
@@ -227,6 +225,10 @@ class AppendBatcher:
                     continue
                 nodes[node.name] = node
                 by_node.setdefault(node.name, []).append(sc)
+        if self._on_round_trip is not None:
+            # A round trip per node, in parallel: counted as such.
+            for calls in by_node.values():
+                self._on_round_trip(sum(len(sc.idxs) for sc in calls))
         sent = await asyncio.gather(*(self._node_send(r, nodes[n], c) for n, c in by_node.items()))
         for calls in sent:
             for sc in calls:
