@@ -13,6 +13,7 @@ SCENARIOS = {
     "ttft": "time the pipeline adds to the first token",
     "ingest": "worker CPU and Redis round trips per upstream chunk",
     "memory": "RSS per idle subscribed connection, and after they leave",
+    "durable": "what STREAMFAN_DURABLE_FINISH costs per stream (finish delay, worker CPU)",
     "clients": "Redis Cluster client libraries: CPU per append and per sharded wake-up",
     "plot": "draw docs/img/*.svg from bench/results/*-latest.json",
 }

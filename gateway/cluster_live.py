@@ -35,6 +35,7 @@ from gateway.tuning import Tuning
 from streamfan.cluster import connect_events, detect_cluster, slot
 from streamfan.errors import RedisUnavailable
 from streamfan.keys import Keys
+from streamfan.redis_edge import FAILURES
 from streamfan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class ShardLive(Live):
             # Unasked: the slot left this node (migrated, or the node was demoted).
             self.router.check()
 
-    def _on_error(self, exc: redis.exceptions.ResponseError) -> None:
+    def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, redis.exceptions.AskError | redis.exceptions.ClusterError):
             # A SSUBSCRIBE for a slot this node does not (or no longer) serve.
             self.router.check()
@@ -179,8 +180,8 @@ class ClusterLive:
     def _owner(self, stream_id: str) -> str | None:
         try:
             node = self.r.nodes_manager.get_node_from_slot(slot(self.keys.live(stream_id)))
-        except (redis.exceptions.RedisClusterException, IndexError, KeyError):
-            return None
+        except FAILURES:
+            return None  # no node known for the slot now (mid-failover)
         return str(node.name) if node is not None else None
 
     def _shard(self, name: str) -> ShardLive:
@@ -195,7 +196,7 @@ class ClusterLive:
             await self._check.wait()
             try:
                 await self.r.nodes_manager.initialize()
-            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError):
+            except FAILURES:
                 log.debug("cluster slot map unavailable; trying again", exc_info=True)
             else:
                 self._check.clear()

@@ -6,7 +6,8 @@ script, which also decides, at the same instant, whether the history after the
 position is ``gone``. What to do with a page is :mod:`streamfan.recovery`'s
 decision and :mod:`gateway.hub`'s work.
 
-Redis errors are raised again as :class:`RedisUnavailable` here, at the edge.
+Redis errors are raised again as :class:`RedisUnavailable` here, at the edge
+(:mod:`streamfan.redis_edge`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
-import redis.exceptions
-
 from streamfan import store
 from streamfan.cluster import EventsRedis
-from streamfan.errors import RedisUnavailable
 from streamfan.history import PageReader
 from streamfan.keys import Keys, Meta
 from streamfan.page import Page
 from streamfan.positions import ZERO, Id
+from streamfan.redis_edge import FAILURES, redis_errors
 from streamfan.store import StreamMeta
 
 
@@ -56,17 +55,14 @@ class History:
 
     async def last_ids(self, stream_ids: Sequence[str]) -> list[bytes | None]:
         """Each stream's meta ``last_id`` (None if it has none), in one round trip."""
-        try:
-            async with self._turns, self.r.pipeline(transaction=False) as pipe:
-                for sid in stream_ids:
-                    pipe.hget(self.keys.meta(sid), Meta.LAST_ID)
-                result: list[bytes | None] = await pipe.execute()
-        except store.UNAVAILABLE as exc:
-            raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
+        async with self._turns, redis_errors(), self.r.pipeline(transaction=False) as pipe:
+            for sid in stream_ids:
+                pipe.hget(self.keys.meta(sid), Meta.LAST_ID)
+            result: list[bytes | None] = await pipe.execute()
         return result
 
     async def ping(self) -> bool:
         try:
             return bool(await self.r.ping())
-        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError):
+        except FAILURES:
             return False

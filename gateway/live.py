@@ -23,14 +23,15 @@ import logging
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gateway.metrics import Metrics
 from gateway.tuning import Tuning
+from streamfan.errors import RedisRefused
 from streamfan.keys import Keys
+from streamfan.redis_edge import FAILURES, translate
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,8 @@ class LiveSource(Protocol):
     def unwatch(self, stream_id: str) -> None: ...
 
 
-class _Dead(Exception):
-    """The pub/sub connection stopped answering."""
+class _Dead(ConnectionError):
+    """The pub/sub connection stopped answering (a connection failure like any other)."""
 
 
 class Live:
@@ -171,7 +172,7 @@ class Live:
                 ever_up = True
                 delay = self.tuning.backoff_min_s
                 await self._serve(conn)
-            except (redis.exceptions.RedisError, OSError, TimeoutError, _Dead) as exc:
+            except FAILURES as exc:
                 # Failed attempts while Redis is down are expected: say it once.
                 level = logging.WARNING if established else logging.DEBUG
                 log.log(level, "pub/sub connection lost: %s", exc or type(exc).__name__)
@@ -191,7 +192,7 @@ class Live:
         """Redis reported a channel unsubscribed (a hook: on a cluster, the server
         unsubscribes a shard channel whose slot moved away)."""
 
-    def _on_error(self, exc: redis.exceptions.ResponseError) -> None:
+    def _on_error(self, exc: Exception) -> None:
         """Redis refused a command on the connection (a hook; here the connection
         is rebuilt, which resubscribes and resyncs everything)."""
         raise exc
@@ -255,8 +256,10 @@ class Live:
         while True:
             try:
                 resp: Any = await conn.read_response(disconnect_on_error=False)
-            except redis.exceptions.ResponseError as exc:
-                self._on_error(exc)
+            except FAILURES as exc:
+                if not isinstance(translate(exc), RedisRefused):
+                    raise  # the connection failed: _supervise rebuilds it
+                self._on_error(exc)  # an error answer to a command
                 continue
             self._pong.set()  # any traffic proves the connection alive
             if not isinstance(resp, list) or not resp:

@@ -1,10 +1,7 @@
 """The gateway: websockets ``serve``, auth at the handshake, one handler per connection.
 
-::
-
-    async with Gateway(settings.replace(port=0)) as gw:
-        url = gw.url                     # ws://127.0.0.1:PORT
-        ...
+Embedding one (``async with Gateway(settings.replace(port=0)) as gw``) is shown,
+and run by the suite, in docs/protocol.md#running-it.
 
 The handler of a connection only reads: it parses each client frame
 (:mod:`streamfan.protocol`), checks it against the connection's
@@ -44,6 +41,7 @@ from streamfan import events, protocol, store
 from streamfan.cluster import EventsRedis
 from streamfan.errors import ConfigError, RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
+from streamfan.scripts import Reply
 from streamfan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -366,11 +364,11 @@ class Gateway:
         except RedisUnavailable:
             code, message = protocol.UNAVAILABLE, "Redis is unavailable; cancel again shortly"
         else:
-            if status != "not_found":
+            if status != Reply.NOT_FOUND:
                 log.info("stream %s: cancel requested by a subscriber (%s)", stream_id, status)
                 # The store says "cancelling" for a running job it flagged; the
                 # answer gives the stream's status, as every other message does.
-                status = events.STATUS_RUNNING if status == "cancelling" else status
+                status = events.STATUS_RUNNING if status == Reply.CANCELLING else status
                 peer.send(protocol.cancelling(stream_id, status))
                 return
             code, message = protocol.NOT_FOUND, f"stream {stream_id!r} not found"

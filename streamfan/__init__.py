@@ -3,7 +3,7 @@
 The public surface is ``__all__`` below: :class:`Client` and what it returns
 (:class:`Submission`, :class:`Result`), :class:`Settings`, and the exception tree
 of :mod:`streamfan.errors`. README.md ("From a backend service") holds the
-example, run by the test suite as it stands.
+example, run by the test suite as it stands (tests/integration/test_docs_samples.py).
 
 ``Client``, ``Submission`` and ``Result`` are imported on first use: the client
 pulls in redis-py and arq (about 0.1 s), which the worker, the gateway and the
@@ -20,6 +20,7 @@ from streamfan.errors import (
     InvalidEvent,
     InvalidRequest,
     InvalidStreamId,
+    RedisRefused,
     RedisUnavailable,
     StreamfanError,
     StreamNotFound,
@@ -43,6 +44,7 @@ __all__ = [
     "InvalidEvent",
     "InvalidRequest",
     "InvalidStreamId",
+    "RedisRefused",
     "RedisUnavailable",
     "Result",
     "Settings",

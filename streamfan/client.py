@@ -1,12 +1,7 @@
 """The client API for backend services: submit, events, result, status, cancel.
 
-::
-
-    async with streamfan.Client.from_url("redis://localhost:6379/0") as sf:
-        sub = await sf.submit({"model": "gpt-4o-mini", "messages": [...]})
-        async for entry_id, event in sf.events(sub.stream_id, from_="0"):
-            ...
-        reply = await sf.result(sub.stream_id)
+The example is README.md's "From a backend service", which the suite runs as it
+stands (tests/integration/test_docs_samples.py); it is not copied here to drift.
 
 It talks to Redis only: the arq queue to enqueue, the event streams to read.
 """
@@ -39,14 +34,15 @@ from streamfan.keys import JOB_FUNCTION, new_stream_id, validate_stream_id
 from streamfan.positions import ZERO, format_id, parse_id, validate_position
 from streamfan.protocol import GONE
 from streamfan.recovery import Deliver, End, Read, Reader, Refuse, Wait
+from streamfan.redis_edge import redis_errors
 from streamfan.requests import validate_chat_request
+from streamfan.scripts import Reply
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
 from streamfan.store import (
     StreamMeta,
     create_meta,
     read_meta,
-    redis_errors,
     request_cancel,
 )
 from streamfan.tokens import mint_token
@@ -194,7 +190,7 @@ class Client:
             retention_s=s.retention_s,
             maxlen=s.maxlen,
         )
-        if status == "not_found":
+        if status == Reply.NOT_FOUND:
             raise StreamNotFound(stream_id)
         return status
 

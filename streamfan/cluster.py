@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Any, Final, TypeAlias
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 
 from streamfan.errors import RedisUnavailable
+from streamfan.redis_edge import redis_errors
 
 #: What holds the event keys: one Redis, or a cluster of them.
 EventsRedis: TypeAlias = aioredis.Redis | RedisCluster
@@ -69,9 +69,8 @@ async def detect_cluster(url: str, **kwargs: Any) -> bool:
     """Whether the server at ``url`` is a node of a Redis Cluster."""
     probe = aioredis.Redis.from_url(url, **kwargs)
     try:
-        info: dict[str, Any] = await probe.info("cluster")
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
+        async with redis_errors():
+            info: dict[str, Any] = await probe.info("cluster")
     finally:
         await probe.aclose()
     return bool(int(info.get("cluster_enabled", 0)))
@@ -82,7 +81,8 @@ async def connect_events(url: str, **kwargs: Any) -> EventsRedis:
     cluster node, else a plain ``Redis``. ``kwargs`` go to either (connection
     options); ``max_connections`` is per node on a cluster.
 
-    Raises :class:`~streamfan.errors.RedisUnavailable` if ``url`` does not answer.
+    Raises :class:`~streamfan.errors.RedisUnavailable` if ``url`` does not answer
+    (:mod:`streamfan.redis_edge`).
     """
     probe_kwargs = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
     if not await detect_cluster(url, **probe_kwargs):
@@ -94,8 +94,9 @@ async def connect_events(url: str, **kwargs: Any) -> EventsRedis:
         base = base.rsplit("/", 1)[0]
     cluster: RedisCluster = RedisCluster.from_url(base, **kwargs)
     try:
-        await cluster.initialize()
-    except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+        async with redis_errors():
+            await cluster.initialize()
+    except RedisUnavailable:
         await cluster.aclose()
-        raise RedisUnavailable(f"Redis Cluster unavailable: {exc}") from exc
+        raise
     return cluster

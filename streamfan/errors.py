@@ -10,7 +10,8 @@
     ├── MockOptionError             a bad ``mock`` option (streamfan.mock.options)
     ├── StreamNotFound              no meta for this stream id
     ├── HistoryGone                 the position asked for was trimmed or expired
-    ├── RedisUnavailable            Redis could not be reached (translated at the I/O edge)
+    ├── RedisUnavailable            Redis could not be reached (streamfan.redis_edge)
+    │   └── RedisRefused            Redis answered with an error (READONLY, OOM, BUSY...)
     ├── TokenError                  a JWT that is missing, malformed, expired or not allowed
     └── UpstreamError               the upstream failed; carries code, retryable, status
         ├── UpstreamHTTPError       a non-2xx answer before the stream
@@ -21,10 +22,12 @@
 
 Third-party exceptions (``redis.*``, ``httpx.*``, ``jwt.*``) never leak past the
 module that does the I/O: they are raised again as one of these, ``from`` the
-original.
+original (Redis's by the one mapping in :mod:`streamfan.redis_edge`).
 """
 
 from __future__ import annotations
+
+from streamfan import codes
 
 
 class StreamfanError(Exception):
@@ -76,21 +79,28 @@ class RedisUnavailable(StreamfanError, ConnectionError):
     """Redis could not be reached."""
 
 
+class RedisRefused(RedisUnavailable):
+    """Redis answered a command with an error (a read-only replica after a failover,
+    out of memory, busy with a script...): a later try may succeed, as after
+    :class:`RedisUnavailable`, but the same call on the same connection will not."""
+
+
 class TokenError(StreamfanError):
     """A token that is missing, malformed, expired, wrongly signed or not allowed."""
 
 
 class UpstreamError(StreamfanError):
-    """The upstream failed. ``code`` is the event's error code."""
+    """The upstream failed. ``code`` is the event's error code (:mod:`streamfan.codes`);
+    ``retryable`` defaults to what the table says of it."""
 
-    code = "upstream_error"
+    code = codes.UPSTREAM_REQUEST_FAILED.code
 
     def __init__(
         self,
         message: str,
         *,
         code: str | None = None,
-        retryable: bool = False,
+        retryable: bool | None = None,
         upstream_status: int | None = None,
         retry_after: float | None = None,
     ) -> None:
@@ -98,26 +108,26 @@ class UpstreamError(StreamfanError):
         if code is not None:
             self.code = code
         self.message = message
-        self.retryable = retryable
+        self.retryable = codes.TABLE[self.code].retryable if retryable is None else retryable
         self.upstream_status = upstream_status
         self.retry_after = retry_after
 
 
 class UpstreamHTTPError(UpstreamError):
-    code = "upstream_http_error"
+    code = codes.UPSTREAM_HTTP_ERROR.code
 
 
 class UpstreamStalled(UpstreamError):
-    code = "upstream_stalled"
+    code = codes.UPSTREAM_STALLED.code
 
 
 class UpstreamTruncated(UpstreamError):
-    code = "upstream_truncated"
+    code = codes.UPSTREAM_TRUNCATED.code
 
 
 class UpstreamBadData(UpstreamError):
-    code = "upstream_bad_data"
+    code = codes.UPSTREAM_BAD_DATA.code
 
 
 class UpstreamStreamError(UpstreamError):
-    code = "upstream_stream_error"
+    code = codes.UPSTREAM_STREAM_ERROR.code

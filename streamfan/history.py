@@ -75,7 +75,7 @@ from streamfan.cluster import EventsRedis, is_cluster, register
 from streamfan.keys import EVENT_FIELD, Keys
 from streamfan.page import Entry, Page
 from streamfan.positions import ZERO, Id, format_id, parse_id
-from streamfan.store import redis_errors
+from streamfan.redis_edge import redis_errors
 
 log = logging.getLogger(__name__)
 

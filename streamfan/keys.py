@@ -9,16 +9,25 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Final
 
 from streamfan.errors import InvalidStreamId
 
 DEFAULT_PREFIX = "streamfan"
 
-#: design.md: valid ids match this; anything else never reaches Redis.
+#: Valid ids match this (1-128 characters of A-Z a-z 0-9 . _ : -); anything else
+#: never reaches Redis.
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 #: The field of a stream entry that holds the event as compact JSON.
-EVENT_FIELD = "e"
+EVENT_FIELD: Final = "e"
+
+#: What follows :meth:`Keys.base` in each key of a stream (the Lua scripts get
+#: them from here too: :data:`streamfan.scripts.CONSTANTS`).
+META_SUFFIX: Final = ":meta"
+EVENTS_SUFFIX: Final = ":events"
+LIVE_SUFFIX: Final = ":live"
+LEASE_SUFFIX: Final = ":lease"
 
 #: Name of the arq job function; the arq job id *is* the stream id.
 JOB_FUNCTION = "chat_stream"
@@ -47,27 +56,32 @@ class Keys:
     prefix: str = DEFAULT_PREFIX
 
     def base(self, stream_id: str) -> str:
-        """What every key of the stream starts with; the rest is ``:meta`` etc.
+        """What every key of the stream starts with; a ``*_SUFFIX`` follows.
 
-        ``scripts.APPEND_MANY`` builds the keys from it in Lua with these suffixes.
+        ``scripts.APPEND_MANY`` builds the keys from it in Lua with the same suffixes.
         """
         return f"{self.prefix}:{{{stream_id}}}"
 
     def events(self, stream_id: str) -> str:
         """Stream: one entry per event, field ``e``."""
-        return f"{self.prefix}:{{{stream_id}}}:events"
+        return self.base(stream_id) + EVENTS_SUFFIX
 
     def meta(self, stream_id: str) -> str:
         """Hash: status, timestamps, model, attempt, owner, usage, finish_reason, error."""
-        return f"{self.prefix}:{{{stream_id}}}:meta"
+        return self.base(stream_id) + META_SUFFIX
 
     def live(self, stream_id: str) -> str:
         """Pub/sub channel: wake-ups for gateways after each write."""
-        return f"{self.prefix}:{{{stream_id}}}:live"
+        return self.base(stream_id) + LIVE_SUFFIX
 
     def lease(self, stream_id: str) -> str:
         """String: the token of the worker attempt that currently owns the stream."""
-        return f"{self.prefix}:{{{stream_id}}}:lease"
+        return self.base(stream_id) + LEASE_SUFFIX
+
+    @property
+    def durability(self) -> str:
+        """String (with a TTL): written just before a WAITAOF, so it covers every earlier write."""
+        return f"{self.prefix}:durability"
 
     @property
     def cancel_channel(self) -> str:
@@ -82,7 +96,7 @@ class Keys:
     def stream_id_from_live(self, channel: str) -> str | None:
         """Inverse of :meth:`live`, or None if ``channel`` is not one of ours."""
         head = f"{self.prefix}:{{"
-        tail = "}:live"
+        tail = "}" + LIVE_SUFFIX
         if channel.startswith(head) and channel.endswith(tail):
             sid = channel[len(head) : -len(tail)]
             return sid if is_valid_stream_id(sid) else None
@@ -106,3 +120,8 @@ class Meta:
     LAST_ID = "last_id"
     #: How many events the current attempt has written (makes writes idempotent).
     SEQ = "seq"
+    #: With STREAMFAN_DURABLE_FINISH: the terminal event an attempt decided on, and
+    #: the status it leaves, written (and made durable) before the terminal entry.
+    #: A next attempt that finds them writes that end instead of generating again.
+    FINISHING = "finishing"
+    FINISHING_STATUS = "finishing_status"

@@ -96,14 +96,29 @@ CLOSE_REASONS: Final[dict[CloseCode, str]] = {
     CloseCode.IDLE: "no message received in time",
 }
 
-#: Standard codes after which a client should reconnect (1006 is "abnormal
-#: closure", never sent on the wire; 1012-1014 are restart/overload codes).
-_RECONNECT_STANDARD: Final = frozenset({1001, 1006, 1011, 1012, 1013, 1014})
+#: Standard codes after which reconnecting the same way fails the same way:
+#: protocol error, unsupported data, invalid payload, policy (our flood), frame
+#: too big, missing extension. ``gateway/static/streamfan.js`` holds the same set
+#: and ranges (tests/unit/test_js_protocol.py compares them).
+TERMINAL_STANDARD_CLOSE_CODES: Final = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
+#: Our application codes: the first range reconnects, the second is terminal.
+RECONNECT_CLOSE_RANGE: Final = (4000, 4499)
+TERMINAL_CLOSE_RANGE: Final = (4500, 4999)
 
 
 def should_reconnect(code: int) -> bool:
-    """Whether a client closed with ``code`` should reconnect and resume."""
-    return code in _RECONNECT_STANDARD or 4000 <= code <= 4499
+    """Whether a client closed with ``code`` should reconnect and resume.
+
+    Every code not known to be terminal reconnects — 1001, 1006 (no close frame:
+    the network dropped), 1011, 1012-1014, but also 1000 or a code a proxy in
+    between made up: a reconnect that resumes from the last id loses nothing,
+    while giving up on a code nobody meant as final loses the stream.
+    """
+    if RECONNECT_CLOSE_RANGE[0] <= code <= RECONNECT_CLOSE_RANGE[1]:
+        return True
+    if TERMINAL_CLOSE_RANGE[0] <= code <= TERMINAL_CLOSE_RANGE[1]:
+        return False
+    return code not in TERMINAL_STANDARD_CLOSE_CODES
 
 
 # --- client operations -----------------------------------------------------------------

@@ -8,13 +8,77 @@ the previous id and the new entries (format in :mod:`streamfan.wakeup`).
 All scripts take the same four keys, in this order (one hash slot, thanks to the
 ``{ID}`` tag): meta, events, live channel (passed as a key so the slot is known),
 lease. Times are passed in by the caller (milliseconds), not read in Lua.
+
+No script spells a key suffix, a field, a status or a reply tag: each starts
+with :data:`PRELUDE`, Lua locals generated from :data:`CONSTANTS`, which takes
+them from :mod:`streamfan.keys`, :mod:`streamfan.events`,
+:mod:`streamfan.positions` and :class:`Reply`. ``tests/unit/test_scripts.py``
+fails on a quoted literal in a script that should have been one of them.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-_COMMON: Final = r"""
+from streamfan import events
+from streamfan.keys import EVENT_FIELD, EVENTS_SUFFIX, LIVE_SUFFIX, META_SUFFIX, Meta
+from streamfan.positions import ZERO_RAW
+
+
+class Reply:
+    """The tags the scripts answer with (first element of a reply, or the reply)."""
+
+    OK = "ok"
+    RUN = "run"
+    BUSY = "busy"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    CANCELLING = "cancelling"
+    EXHAUSTED = "exhausted"
+    NOT_FOUND = "not_found"
+    STALE = "stale"
+    GAP = "gap"
+    GONE = "gone"
+    ERR = "err"
+    BAD_RECORD = "bad_record"
+
+
+def _upper_attrs(cls: type) -> dict[str, str]:
+    return {name: value for name, value in vars(cls).items() if name.isupper()}
+
+
+#: Lua name -> value of every fact the scripts share with Python.
+CONSTANTS: Final[dict[str, str]] = {
+    "META_SUFFIX": META_SUFFIX,
+    "EVENTS_SUFFIX": EVENTS_SUFFIX,
+    "LIVE_SUFFIX": LIVE_SUFFIX,
+    "EVENT_FIELD": EVENT_FIELD,
+    "ZERO_ID": ZERO_RAW.decode(),
+    **{f"M_{name}": value for name, value in _upper_attrs(Meta).items()},
+    **{f"S_{status.upper()}": status for status in sorted(events.STATUSES)},
+    **{f"R_{name}": value for name, value in _upper_attrs(Reply).items()},
+}
+
+
+def _lua_string(value: str) -> str:
+    # The values are plain names; anything else would need escaping.
+    if not value.replace("_", "").replace(":", "").replace("-", "").isalnum():
+        raise ValueError(f"not a plain name for a Lua constant: {value!r}")
+    return f"'{value}'"
+
+
+#: Prepended to every script: the constants as locals, and the finished statuses
+#: as a set (``is_finished`` in :data:`_COMMON`, ``READ_PAGE``'s callers decide).
+PRELUDE: Final = (
+    "\n".join(f"local {name} = {_lua_string(value)}" for name, value in CONSTANTS.items())
+    + "\nlocal FINISHED = {"
+    + ", ".join(f"[S_{status.upper()}] = true" for status in sorted(events.FINISHED_STATUSES))
+    + "}\n"
+)
+
+_COMMON: Final = (
+    PRELUDE
+    + r"""
 local meta, events, live, lease = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 -- XADD evs[first..last] to stream `ev_key` after `prev` (its newest id), and
@@ -23,7 +87,7 @@ local function xadd_publish(ev_key, chan, prev, maxlen, evs, first, last)
   local out = {prev}
   local ids = {}
   for i = first, last do
-    local id = redis.call('XADD', ev_key, 'MAXLEN', '~', maxlen, '*', 'e', evs[i])
+    local id = redis.call('XADD', ev_key, 'MAXLEN', '~', maxlen, '*', EVENT_FIELD, evs[i])
     ids[#ids + 1] = id
     out[#out + 1] = id
     out[#out + 1] = evs[i]
@@ -35,24 +99,25 @@ local function xadd_publish(ev_key, chan, prev, maxlen, evs, first, last)
 end
 
 local function append(maxlen, evs, first, last)
-  local prev = redis.call('HGET', meta, 'last_id') or '0-0'
+  local prev = redis.call('HGET', meta, M_LAST_ID) or ZERO_ID
   local ids = xadd_publish(events, live, prev, maxlen, evs, first, last)
-  if #ids > 0 then redis.call('HSET', meta, 'last_id', ids[#ids]) end
+  if #ids > 0 then redis.call('HSET', meta, M_LAST_ID, ids[#ids]) end
   return ids
 end
 
 local function finish(status, now, retention_ms)
-  redis.call('HSET', meta, 'status', status, 'updated_at', now)
-  redis.call('HDEL', meta, 'cancel')
+  redis.call('HSET', meta, M_STATUS, status, M_UPDATED_AT, now)
+  redis.call('HDEL', meta, M_CANCEL)
   redis.call('PEXPIRE', meta, retention_ms)
   redis.call('PEXPIRE', events, retention_ms)
   redis.call('DEL', lease)
 end
 
 local function is_finished(status)
-  return status == 'done' or status == 'error' or status == 'cancelled'
+  return FINISHED[status] == true
 end
 """
+)
 
 #: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
 #: ARGV: now_ms, model, owner, queued_ttl_ms
@@ -60,8 +125,8 @@ CREATE: Final = (
     _COMMON
     + r"""
 if redis.call('EXISTS', meta) == 1 then return 0 end
-redis.call('HSET', meta, 'status', 'queued', 'created_at', ARGV[1], 'updated_at', ARGV[1],
-           'model', ARGV[2], 'owner', ARGV[3], 'attempt', 0, 'seq', 0)
+redis.call('HSET', meta, M_STATUS, S_QUEUED, M_CREATED_AT, ARGV[1], M_UPDATED_AT, ARGV[1],
+           M_MODEL, ARGV[2], M_OWNER, ARGV[3], M_ATTEMPT, 0, M_SEQ, 0)
 redis.call('PEXPIRE', meta, ARGV[4])
 return 1
 """
@@ -74,17 +139,17 @@ return 1
 CANCEL: Final = (
     _COMMON
     + r"""
-local status = redis.call('HGET', meta, 'status')
-if not status then return 'not_found' end
+local status = redis.call('HGET', meta, M_STATUS)
+if not status then return R_NOT_FOUND end
 if is_finished(status) then return status end
-if status == 'queued' then
+if status == S_QUEUED then
   append(ARGV[5], {ARGV[3]}, 1, 1)
-  finish('cancelled', ARGV[1], ARGV[4])
-  return 'cancelled'
+  finish(S_CANCELLED, ARGV[1], ARGV[4])
+  return S_CANCELLED
 end
-redis.call('HSET', meta, 'cancel', ARGV[2], 'updated_at', ARGV[1])
+redis.call('HSET', meta, M_CANCEL, ARGV[2], M_UPDATED_AT, ARGV[1])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
-return 'cancelling'
+return R_CANCELLING
 """
 )
 
@@ -97,35 +162,45 @@ BEGIN: Final = (
     _COMMON
     + r"""
 local token, now = ARGV[1], ARGV[3]
-local status = redis.call('HGET', meta, 'status')
+local status = redis.call('HGET', meta, M_STATUS)
 if not status then
   -- enqueued straight into arq by a service that wrote no meta: adopt the job
-  redis.call('HSET', meta, 'status', 'queued', 'created_at', now, 'model', ARGV[4],
-             'owner', '', 'attempt', 0, 'seq', 0)
-  status = 'queued'
+  redis.call('HSET', meta, M_STATUS, S_QUEUED, M_CREATED_AT, now, M_MODEL, ARGV[4],
+             M_OWNER, '', M_ATTEMPT, 0, M_SEQ, 0)
+  status = S_QUEUED
 end
-if is_finished(status) then return {'finished', status} end
+if is_finished(status) then return {R_FINISHED, status} end
 local holder = redis.call('GET', lease)
-if holder and holder ~= token then return {'busy', redis.call('PTTL', lease)} end
-if redis.call('HGET', meta, 'cancel') then
-  append(ARGV[10], {ARGV[8]}, 1, 1)
-  finish('cancelled', now, ARGV[9])
-  return {'cancelled'}
+if holder and holder ~= token then return {R_BUSY, redis.call('PTTL', lease)} end
+local finishing = redis.call('HGET', meta, M_FINISHING)
+if finishing then
+  -- An attempt decided how the stream ends and waited until that was on disk
+  -- (STREAMFAN_DURABLE_FINISH), but its terminal entry was lost (an AOF tail cut
+  -- by a crash): write that end again rather than generate a different reply.
+  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
+  append(ARGV[10], {finishing}, 1, 1)
+  finish(final, now, ARGV[9])
+  return {R_FINISHED, final}
 end
-local attempt = redis.call('HINCRBY', meta, 'attempt', 1)
+if redis.call('HGET', meta, M_CANCEL) then
+  append(ARGV[10], {ARGV[8]}, 1, 1)
+  finish(S_CANCELLED, now, ARGV[9])
+  return {R_CANCELLED}
+end
+local attempt = redis.call('HINCRBY', meta, M_ATTEMPT, 1)
 if attempt > tonumber(ARGV[6]) then
   append(ARGV[10], {ARGV[7]}, 1, 1)
-  redis.call('HSET', meta, 'error', ARGV[7])
-  finish('error', now, ARGV[9])
-  return {'exhausted', attempt}
+  redis.call('HSET', meta, M_ERROR, ARGV[7])
+  finish(S_ERROR, now, ARGV[9])
+  return {R_EXHAUSTED, attempt}
 end
-redis.call('HSET', meta, 'status', 'running', 'seq', 0, 'updated_at', now)
+redis.call('HSET', meta, M_STATUS, S_RUNNING, M_SEQ, 0, M_UPDATED_AT, now)
 redis.call('SET', lease, token, 'PX', ARGV[2])
 redis.call('PEXPIRE', meta, ARGV[5])
 redis.call('PEXPIRE', events, ARGV[5])
 local had = 0
 if redis.call('XLEN', events) > 0 then had = 1 end
-return {'run', attempt, had}
+return {R_RUN, attempt, had}
 """
 )
 
@@ -139,29 +214,29 @@ return {'run', attempt, had}
 APPEND: Final = (
     _COMMON
     + r"""
-local cur = redis.call('HGET', meta, 'attempt')
-if not cur then return {'gone'} end
-if tonumber(cur) ~= tonumber(ARGV[1]) then return {'stale', cur} end
-local status = redis.call('HGET', meta, 'status')
-if is_finished(status) then return {'finished', status} end
-local have = tonumber(redis.call('HGET', meta, 'seq') or '0')
+local cur = redis.call('HGET', meta, M_ATTEMPT)
+if not cur then return {R_GONE} end
+if tonumber(cur) ~= tonumber(ARGV[1]) then return {R_STALE, cur} end
+local status = redis.call('HGET', meta, M_STATUS)
+if is_finished(status) then return {R_FINISHED, status} end
+local have = tonumber(redis.call('HGET', meta, M_SEQ) or 0)
 -- seq '' = "wherever the stream is": the writer lost track (a call interrupted
 -- after the script ran), so nothing may be skipped as already written.
 local first = have
 if ARGV[2] ~= '' then first = tonumber(ARGV[2]) end
-if first > have then return {'gap', have} end
+if first > have then return {R_GAP, have} end
 local npairs = tonumber(ARGV[7])
 local base = 7 + 2 * npairs
 local evs = {}
 for i = base + 1, #ARGV do evs[#evs + 1] = ARGV[i] end
 local skip = have - first
 local ids = append(ARGV[3], evs, skip + 1, #evs)
-redis.call('HSET', meta, 'seq', have + #ids, 'updated_at', ARGV[4])
+redis.call('HSET', meta, M_SEQ, have + #ids, M_UPDATED_AT, ARGV[4])
 for i = 1, npairs do
   redis.call('HSET', meta, ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
 if ARGV[5] ~= '' then finish(ARGV[5], ARGV[4], ARGV[6]) end
-local out = {'ok', redis.call('HGET', meta, 'cancel') or '', have + #ids}
+local out = {R_OK, redis.call('HGET', meta, M_CANCEL) or '', have + #ids}
 for i = 1, #ids do out[#out + 1] = ids[i] end
 return out
 """
@@ -188,24 +263,24 @@ local maxlen, now, batch = ARGV[1], ARGV[2], ARGV[3]
 local function append_record(record)
   local nl = string.find(record, '\n', 1, true) or (#record + 1)
   local base, attempt, seq = string.match(string.sub(record, 1, nl - 1), '^(%S+) (%d+) (%d*)$')
-  if not base then return {'bad_record'} end
-  local m_key, e_key = base .. ':meta', base .. ':events'
-  local m = redis.call('HMGET', m_key, 'attempt', 'status', 'seq', 'last_id', 'cancel')
-  local have = tonumber(m[3] or '0')
+  if not base then return {R_BAD_RECORD} end
+  local m_key, e_key = base .. META_SUFFIX, base .. EVENTS_SUFFIX
+  local m = redis.call('HMGET', m_key, M_ATTEMPT, M_STATUS, M_SEQ, M_LAST_ID, M_CANCEL)
+  local have = tonumber(m[3] or 0)
   local first = have
   if seq ~= '' then first = tonumber(seq) end
-  if not m[1] then return {'gone'} end
-  if tonumber(m[1]) ~= tonumber(attempt) then return {'stale', m[1]} end
-  if is_finished(m[2]) then return {'finished', m[2]} end
-  if first > have then return {'gap', have} end
+  if not m[1] then return {R_GONE} end
+  if tonumber(m[1]) ~= tonumber(attempt) then return {R_STALE, m[1]} end
+  if is_finished(m[2]) then return {R_FINISHED, m[2]} end
+  if first > have then return {R_GAP, have} end
   local evs = {}
   for ev in string.gmatch(string.sub(record, nl + 1), '[^\n]+') do evs[#evs + 1] = ev end
-  local ids = xadd_publish(e_key, base .. ':live', m[4] or '0-0', maxlen, evs,
+  local ids = xadd_publish(e_key, base .. LIVE_SUFFIX, m[4] or ZERO_ID, maxlen, evs,
                            have - first + 1, #evs)
   if #ids > 0 then
-    redis.call('HSET', m_key, 'seq', have + #ids, 'updated_at', now, 'last_id', ids[#ids])
+    redis.call('HSET', m_key, M_SEQ, have + #ids, M_UPDATED_AT, now, M_LAST_ID, ids[#ids])
   end
-  local reply = {'ok', m[5] or '', have + #ids}
+  local reply = {R_OK, m[5] or '', have + #ids}
   for i = 1, #ids do reply[#reply + 1] = ids[i] end
   return reply
 end
@@ -221,8 +296,9 @@ while pos <= #batch do
   local ok, reply = pcall(append_record, record)
   if not ok then
     local msg = reply
-    if type(reply) == 'table' then msg = reply['err'] or 'error' end
-    reply = {'err', tostring(msg)}
+    -- redis.call raises a table {err = message}: Redis's shape, not our reply tag
+    if type(reply) == 'table' then msg = reply.err or 'script error' end
+    reply = {R_ERR, tostring(msg)}
   end
   replies[#replies + 1] = reply
 end
@@ -237,7 +313,7 @@ RENEW: Final = (
     + r"""
 if redis.call('GET', lease) ~= ARGV[1] then return {0, ''} end
 redis.call('PEXPIRE', lease, ARGV[2])
-return {1, redis.call('HGET', meta, 'cancel') or ''}
+return {1, redis.call('HGET', meta, M_CANCEL) or ''}
 """
 )
 
@@ -264,7 +340,9 @@ return {1, redis.call('HGET', meta, 'cancel') or ''}
 #:          than the position; none when gone or when the key does not exist.
 #:          status = the meta's status at the same instant (nil: no meta), so a
 #:          reader learns in the same round trip that the stream finished or vanished.
-READ_PAGE: Final = r"""
+READ_PAGE: Final = (
+    PRELUDE
+    + r"""
 local meta, events = KEYS[1], KEYS[2]
 local pos, count, known = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 
@@ -281,12 +359,12 @@ local function before(a, b)
   return as < bs
 end
 
-local status = redis.call('HGET', meta, 'status') or false
+local status = redis.call('HGET', meta, M_STATUS) or false
 if redis.call('EXISTS', events) == 0 then
-  local newest = redis.call('HGET', meta, 'last_id') or '0-0'
+  local newest = redis.call('HGET', meta, M_LAST_ID) or ZERO_ID
   if before(newest, known) then newest = known end
-  if before(pos, newest) then return {0, 1, '0-0', {}, status} end
-  return {0, 0, '0-0', {}, status}
+  if before(pos, newest) then return {0, 1, ZERO_ID, {}, status} end
+  return {0, 0, ZERO_ID, {}, status}
 end
 local info = redis.call('XINFO', 'STREAM', events)
 local f = {}
@@ -305,3 +383,4 @@ if #rows > 0 and rows[1][1] == pos then table.remove(rows, 1) end
 if #rows > count then rows[#rows] = nil end
 return {1, 0, last, rows, status}
 """
+)

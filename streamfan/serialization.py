@@ -2,7 +2,7 @@
 
 arq pickles jobs by default; pickle lets anyone who can write to Redis run code
 in a worker, so both sides use JSON. A job is then plain JSON that a service in
-any language can write (see docs/worker.md, "Enqueueing without Python").
+any language can write (docs/events.md#jobs says what to write).
 """
 
 from __future__ import annotations

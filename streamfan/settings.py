@@ -83,6 +83,20 @@ def _http_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+#: STREAMFAN_DURABLE_FINISH: how a stream's end is made durable before readers are told.
+DURABLE_OFF = "off"
+DURABLE_LOCAL = "local"  # WAITAOF 1 0: this Redis's append-only file is fsynced
+DURABLE_REPLICA = "replica"  # WAITAOF 0 1: a replica has it in its fsynced AOF
+DURABLE_MODES = (DURABLE_OFF, DURABLE_LOCAL, DURABLE_REPLICA)
+
+
+def _durable_mode(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in DURABLE_MODES:
+        raise ValueError(f"expected one of {', '.join(DURABLE_MODES)}")
+    return value
+
+
 def _optional_str(raw: str) -> str | None:
     return raw or None
 
@@ -162,6 +176,17 @@ class Settings:
     )
     lease_s: float = setting(
         10.0, "Lease of a running job; a killed worker's job restarts after it", _positive_float
+    )
+    durable_finish: str = setting(
+        DURABLE_OFF,
+        "Before a stream ends, wait until its reply is on disk: off, local (this Redis's "
+        "AOF, WAITAOF) or replica (a replica's AOF); docs/operations.md",
+        _durable_mode,
+    )
+    durable_finish_timeout_s: float = setting(
+        5.0,
+        "Longest wait for durable-finish before a stream ends anyway, seconds",
+        _positive_float,
     )
     health_check_interval_s: float = setting(
         10.0, "arq health-check interval, seconds", _positive_float

@@ -1,25 +1,23 @@
 """The control plane in Redis, shared by the client API, the CLI and the gateway.
 
 Creating a stream's meta, reading it, and cancelling. Redis errors are raised
-again as :class:`RedisUnavailable`. The worker's writes live in ``worker.publisher``;
-the scripts both use are in :mod:`streamfan.scripts`.
+again as :class:`RedisUnavailable` (:mod:`streamfan.redis_edge`). The worker's
+writes live in ``worker.publisher``; the scripts both use are in
+:mod:`streamfan.scripts`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.exceptions
 
 from streamfan import events, scripts
 from streamfan.cluster import EventsRedis, register
-from streamfan.errors import RedisUnavailable
-from streamfan.keys import Keys
+from streamfan.keys import Keys, Meta
+from streamfan.redis_edge import redis_errors
 
 #: A queued stream whose job never runs expires after this long (arq drops jobs
 #: that waited longer than its own default expiry, one day).
@@ -28,28 +26,6 @@ QUEUED_TTL_S = 86400.0 * 2
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-#: What "Redis is unavailable for now" looks like in redis-py: a lost connection,
-#: and on a cluster a failover or slot migration in progress (no master for the
-#: slot yet, ``CLUSTERDOWN``, ``TRYAGAIN``).
-UNAVAILABLE: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    OSError,
-    redis.exceptions.ClusterError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.RedisClusterException,
-)
-
-
-@asynccontextmanager
-async def redis_errors() -> AsyncIterator[None]:
-    """Translate redis-py's connection errors at the I/O edge."""
-    try:
-        yield
-    except UNAVAILABLE as exc:
-        raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
 
 
 def stream_keys(keys: Keys, stream_id: str) -> list[str]:
@@ -122,20 +98,20 @@ def _json(raw: dict[bytes, bytes], field: str) -> Any:
 
 
 def decode_meta(stream_id: str, raw: dict[bytes, bytes]) -> StreamMeta | None:
-    if not raw or b"status" not in raw:
+    if not raw or Meta.STATUS.encode() not in raw:
         return None
     return StreamMeta(
         stream_id=stream_id,
-        status=_text(raw, "status") or "",
-        created_at=_int(raw, "created_at"),
-        updated_at=_int(raw, "updated_at"),
-        model=_text(raw, "model") or None,
-        attempt=_int(raw, "attempt") or 0,
-        owner=_text(raw, "owner") or None,
-        usage=_json(raw, "usage"),
-        finish_reason=_text(raw, "finish_reason") or None,
-        error=_json(raw, "error"),
-        last_id=_text(raw, "last_id"),
+        status=_text(raw, Meta.STATUS) or "",
+        created_at=_int(raw, Meta.CREATED_AT),
+        updated_at=_int(raw, Meta.UPDATED_AT),
+        model=_text(raw, Meta.MODEL) or None,
+        attempt=_int(raw, Meta.ATTEMPT) or 0,
+        owner=_text(raw, Meta.OWNER) or None,
+        usage=_json(raw, Meta.USAGE),
+        finish_reason=_text(raw, Meta.FINISH_REASON) or None,
+        error=_json(raw, Meta.ERROR),
+        last_id=_text(raw, Meta.LAST_ID),
     )
 
 

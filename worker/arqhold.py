@@ -20,7 +20,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from streamfan.store import redis_errors
+from streamfan.redis_edge import redis_errors
 
 #: arq's in-progress key prefix (arq.constants.in_progress_key_prefix).
 ARQ_IN_PROGRESS_PREFIX = "arq:in-progress:"

@@ -33,9 +33,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 
-from streamfan import scripts, store
+from streamfan import scripts
 from streamfan.cluster import EventsRedis, register, slot
 from streamfan.errors import RedisUnavailable
+from streamfan.redis_edge import FAILURES
 from streamfan.store import now_ms
 
 #: Longest one round trip may take before its appends fail (and are retried).
@@ -219,7 +220,7 @@ class AppendBatcher:
                 sc = _SlotCall(call, route, self._call_args(items, now)[1])
                 try:
                     node = r.nodes_manager.get_node_from_slot(key_slot)
-                except redis.exceptions.RedisClusterException as exc:
+                except FAILURES as exc:
                     for i in call:
                         out[i] = exc
                     continue
@@ -250,7 +251,7 @@ class AppendBatcher:
             ]
             try:
                 await node.execute_pipeline(cmds)
-            except store.UNAVAILABLE as exc:
+            except FAILURES as exc:
                 # The node is gone or cut off (a failover?): its streams retry, and
                 # the slot map is read again before their next send.
                 with contextlib.suppress(Exception):

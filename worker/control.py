@@ -18,7 +18,8 @@ import contextlib
 import logging
 
 import redis.asyncio as aioredis
-import redis.exceptions
+
+from streamfan.redis_edge import FAILURES
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class ControlChannel:
                     waiter = self._waiters.get(sid)
                     if waiter is not None:
                         waiter.set()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+            except FAILURES:
                 self.subscribed.clear()
                 log.warning("control channel lost Redis; resubscribing")
                 await asyncio.sleep(RECONNECT_DELAY_S)

@@ -31,7 +31,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from arq import Retry
 
-from streamfan import events
+from streamfan import codes, events
 from streamfan.cluster import EventsRedis
 from streamfan.errors import (
     InvalidRequest,
@@ -42,6 +42,7 @@ from streamfan.errors import (
 from streamfan.events import Event
 from streamfan.keys import is_valid_stream_id
 from streamfan.requests import streaming_body, validate_chat_request
+from streamfan.scripts import Reply
 from streamfan.settings import Settings
 from worker.arqhold import ArqHold
 from worker.control import ControlChannel
@@ -139,10 +140,10 @@ class Attempt:
         except RedisUnavailable as exc:
             log.warning("stream %s: cannot claim (%s); retrying", sid, exc)
             raise Retry(defer=REDIS_RETRY_S) from exc
-        if claim.outcome == "busy":
+        if claim.outcome == Reply.BUSY:
             # Another worker's lease is still live (it may be dying): look again then.
             raise Retry(defer=claim.busy_ms / 1000 + 0.05)
-        if claim.outcome != "run":
+        if claim.outcome != Reply.RUN:
             log.info("stream %s: not run (%s)", sid, claim.outcome)
             return claim.status or claim.outcome
         self.writer = pub.writer(sid, claim.attempt)
@@ -201,9 +202,9 @@ class Attempt:
             log.warning("stream %s: over job_timeout_s, ending it", self.stream_id)
             return await self._finish(
                 events.error(
-                    "timeout",
+                    codes.TIMEOUT.code,
                     f"the reply took longer than {self.settings.job_timeout_s:g} s",
-                    retryable=False,
+                    retryable=codes.TIMEOUT.retryable,
                 )
             )
         finally:
@@ -223,7 +224,11 @@ class Attempt:
             log.info("stream %s: attempt %d stops: %s", sid, claim.attempt, exc)
             return "superseded"
         except InvalidRequest as exc:
-            return await self._finish(events.error("invalid_request", str(exc), retryable=False))
+            return await self._finish(
+                events.error(
+                    codes.INVALID_REQUEST.code, str(exc), retryable=codes.INVALID_REQUEST.retryable
+                )
+            )
         except UpstreamError as exc:
             self.state.metrics.upstream_errors.labels(exc.code).inc()
             if exc.retryable and claim.attempt < self.settings.max_attempts:
@@ -327,9 +332,7 @@ class Attempt:
                 if translator.finished:
                     break
                 if not batch and time.monotonic() - last_content > idle_limit:
-                    raise UpstreamStalled(
-                        f"upstream sent no content for {idle_limit:g} s", retryable=True
-                    )
+                    raise UpstreamStalled(f"upstream sent no content for {idle_limit:g} s")
             else:
                 tail: list[Event] = []
                 for sse in decoder.flush():

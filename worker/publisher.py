@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.exceptions
+import redis.asyncio as aioredis
 
-from streamfan import events, scripts
+from streamfan import codes, events, scripts
 from streamfan.cluster import EventsRedis, register
-from streamfan.errors import RedisUnavailable, StreamfanError
+from streamfan.errors import ConfigError, RedisRefused, RedisUnavailable, StreamfanError
 from streamfan.events import Event
-from streamfan.keys import Keys
-from streamfan.settings import Settings
-from streamfan.store import now_ms, redis_errors, stream_keys
+from streamfan.keys import Keys, Meta
+from streamfan.redis_edge import redis_errors
+from streamfan.scripts import Reply
+from streamfan.settings import DURABLE_OFF, Settings
+from streamfan.store import now_ms, stream_keys
 from worker.batcher import AppendBatcher, record
+from worker.durability import DurabilityBarrier, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class StreamFinished(PublishError):
 class Claim:
     """The outcome of :meth:`Publisher.begin`."""
 
-    outcome: str  # 'run' | 'finished' | 'busy' | 'cancelled' | 'exhausted'
+    outcome: str  # Reply.RUN | FINISHED | BUSY | CANCELLED | EXHAUSTED
     attempt: int = 0
     had_events: bool = False
     status: str = ""
@@ -84,6 +88,15 @@ class Publisher:
         self._append = register(r, scripts.APPEND)
         self._renew = register(r, scripts.RENEW)
         self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
+        self.durability: DurabilityBarrier | None = None
+        if settings.durable_finish != DURABLE_OFF:
+            if not isinstance(r, aioredis.Redis):
+                # The barrier WAITAOFs on one connection: one node's writes only.
+                raise ConfigError(
+                    "STREAMFAN_DURABLE_FINISH",
+                    "not supported with the event keys on a Redis Cluster",
+                )
+            self.durability = DurabilityBarrier(r, settings)
 
     async def aclose(self) -> None:
         """Stop the batcher (the Redis client is the caller's to close)."""
@@ -100,9 +113,9 @@ class Publisher:
     async def begin(self, stream_id: str, token: str, model: str) -> Claim:
         s = self.settings
         exhausted = events.error(
-            "attempts_exhausted",
+            codes.ATTEMPTS_EXHAUSTED.code,
             f"gave up after {s.max_attempts} attempts",
-            retryable=False,
+            retryable=codes.ATTEMPTS_EXHAUSTED.retryable,
         )
         async with redis_errors():
             res = await self._begin(
@@ -121,14 +134,14 @@ class Publisher:
                 ],
             )
         outcome = _s(res[0])
-        if outcome == "run":
-            return Claim("run", attempt=int(res[1]), had_events=bool(int(res[2])))
-        if outcome == "finished":
-            return Claim("finished", status=_s(res[1]))
-        if outcome == "busy":
-            return Claim("busy", busy_ms=max(int(res[1]), 0))
-        if outcome == "exhausted":
-            return Claim("exhausted", attempt=int(res[1]))
+        if outcome == Reply.RUN:
+            return Claim(outcome, attempt=int(res[1]), had_events=bool(int(res[2])))
+        if outcome == Reply.FINISHED:
+            return Claim(outcome, status=_s(res[1]))
+        if outcome == Reply.BUSY:
+            return Claim(outcome, busy_ms=max(int(res[1]), 0))
+        if outcome == Reply.EXHAUSTED:
+            return Claim(outcome, attempt=int(res[1]))
         return Claim(outcome)
 
     async def renew(
@@ -170,31 +183,28 @@ class AttemptWriter:
         meta: dict[str, str] | None = None,
     ) -> list[str]:
         """Append ``batch``; with ``final_status`` the stream ends and gets its TTL."""
-        if not batch and not final_status:
+        if not batch and not final_status and not meta:
             return []
         # After an interrupted write the position is unknown: let the script
         # append after whatever is there rather than skip what may be new.
         seq: int | str = "" if self._unsure else self.seq
         for tries in range(1, WRITE_TRIES + 1):
             try:
-                res = await self._send(batch, seq, final_status, meta)
+                async with redis_errors():
+                    res = await self._send(batch, seq, final_status, meta)
                 break
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            except RedisRefused:
+                # Redis refused the whole call (READONLY after a failover, BUSY, a
+                # script error): a later attempt may succeed, so the job retries.
+                raise
+            except RedisUnavailable as exc:
                 # The script may or may not have run: retrying with the same seq
                 # is safe, the script skips what it already wrote. (So is a
-                # caller's retry of the same batch after RedisUnavailable.)
-                if tries == WRITE_TRIES:
-                    raise RedisUnavailable(f"Redis unavailable: {exc}") from exc
+                # caller's retry of the same batch after RedisUnavailable.) One
+                # not translated from redis-py (a closed batcher) cannot get better.
+                if tries == WRITE_TRIES or exc.__cause__ is None:
+                    raise
                 log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
-            except (
-                redis.exceptions.ResponseError,
-                redis.exceptions.ClusterError,
-                redis.exceptions.RedisClusterException,
-            ) as exc:
-                # Redis refused the whole call (READONLY after a failover, BUSY, a
-                # script error; on a cluster CLUSTERDOWN or no master yet for the
-                # slot): a later attempt may succeed, so the job retries.
-                raise RedisUnavailable(f"Redis refused the append: {exc}") from exc
             except asyncio.CancelledError:
                 # Cancelled mid-call: whether the script ran is unknown, and the
                 # next write will be a different batch (the terminal event), which
@@ -203,21 +213,21 @@ class AttemptWriter:
                 raise
         outcome = _s(res[0])
         self._unsure = False
-        if outcome == "ok":
+        if outcome == Reply.OK:
             self.cancel_requested = _s(res[1])
             self.seq = int(res[2])
             ids = [_s(i) for i in res[3:]]
             self.last_ids = ids
             return ids
-        if outcome == "err":
+        if outcome == Reply.ERR:
             # Redis refused this stream's commands (OOM, a wrong key type...);
             # the other streams of the batch were not disturbed.
             raise RedisUnavailable(
                 f"stream {self.stream_id}: Redis refused the append: {_s(res[1])}"
             )
-        if outcome == "finished":
+        if outcome == Reply.FINISHED:
             raise StreamFinished(_s(res[1]))
-        if outcome in ("stale", "gone"):
+        if outcome in (Reply.STALE, Reply.GONE):
             raise LeaseLost(f"stream {self.stream_id}: attempt {self.attempt} superseded")
         raise PublishError(f"stream {self.stream_id}: write refused ({outcome})")
 
@@ -251,9 +261,35 @@ class AttemptWriter:
         meta: dict[str, str] = {}
         if etype == events.DONE:
             if terminal.get("usage") is not None:
-                meta["usage"] = orjson.dumps(terminal["usage"]).decode()
+                meta[Meta.USAGE] = orjson.dumps(terminal["usage"]).decode()
             if terminal.get("finish_reason") is not None:
-                meta["finish_reason"] = str(terminal["finish_reason"])
+                meta[Meta.FINISH_REASON] = str(terminal["finish_reason"])
         elif etype == events.ERROR:
-            meta["error"] = events.encode_event(terminal).decode()
-        return await self.write([terminal], final_status=events.TERMINAL_STATUS[etype], meta=meta)
+            meta[Meta.ERROR] = events.encode_event(terminal).decode()
+        status = events.TERMINAL_STATUS[etype]
+        if self.publisher.durability is not None:
+            await self._make_end_durable(terminal, status, meta)
+        return await self.write([terminal], final_status=status, meta=meta)
+
+    async def _make_end_durable(self, terminal: Event, status: str, meta: dict[str, str]) -> None:
+        """Write the end into meta and wait until it (and every delta) is on disk.
+
+        Only then may readers be told (worker/durability.py). An interrupted wait
+        writes the marker again: a Redis that came back may have lost it.
+        """
+        assert self.publisher.durability is not None
+        marker = {
+            **meta,
+            Meta.FINISHING: events.encode_event(terminal).decode(),
+            Meta.FINISHING_STATUS: status,
+        }
+        deadline = time.monotonic() + self.publisher.settings.durable_finish_timeout_s
+        while True:
+            await self.write([], meta=marker)
+            outcome = await self.publisher.durability.wait()
+            if outcome is not Outcome.INTERRUPTED or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)  # waits-on-time-ok: Redis just went away; not a spin
+        if outcome is not Outcome.DURABLE:
+            log.warning("stream %s: finishing without a durable end (%s)", self.stream_id,
+                        outcome.value)  # fmt: skip

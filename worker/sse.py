@@ -201,8 +201,8 @@ class SSEDecoder:
 
     def _too_large(self) -> UpstreamBadData:
         self.flush()
-        # Retryable like any other bad data: a model rarely repeats a runaway reply.
+        # Retryable like any other bad data (streamfan.codes): a model rarely
+        # repeats a runaway reply.
         return UpstreamBadData(
-            f"the upstream sent an event larger than {self.max_event_bytes} bytes",
-            retryable=True,
+            f"the upstream sent an event larger than {self.max_event_bytes} bytes"
         )

@@ -104,13 +104,11 @@ class Translator:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             raise UpstreamBadData(
-                f"the upstream sent a data line that is not JSON ({len(data)} characters)",
-                retryable=True,
+                f"the upstream sent a data line that is not JSON ({len(data)} characters)"
             ) from None
         if not isinstance(chunk, dict):
             raise UpstreamBadData(
-                f"the upstream sent a JSON {type(chunk).__name__} where a chunk object belongs",
-                retryable=True,
+                f"the upstream sent a JSON {type(chunk).__name__} where a chunk object belongs"
             )
         return self.feed_chunk(chunk)
 
@@ -124,10 +122,7 @@ class Translator:
         choices = chunk.get("choices")
         if choices:
             if not isinstance(choices, list):
-                raise UpstreamBadData(
-                    "the upstream sent a chunk whose choices is not a list",
-                    retryable=True,
-                )
+                raise UpstreamBadData("the upstream sent a chunk whose choices is not a list")
             self._track(choices)
             out.append(events.delta(choices))
         usage = chunk.get("usage")
@@ -143,7 +138,7 @@ class Translator:
                 detail = "before [DONE] and before a finish_reason for every choice"
             else:
                 detail = "before [DONE] and before any choice"
-            raise UpstreamTruncated(f"the upstream's body ended {detail}", retryable=True)
+            raise UpstreamTruncated(f"the upstream's body ended {detail}")
         return events.done(self.finish_reason, self.usage)
 
     def _track(self, choices: list[Any]) -> None:
@@ -164,7 +159,7 @@ class Translator:
             message = f"[{code[:CODE_LIMIT]}] {message}"
         for secret in self._secrets:
             message = message.replace(secret, _REDACTED)
-        return UpstreamStreamError(message[:MESSAGE_LIMIT], retryable=False, upstream_status=status)
+        return UpstreamStreamError(message[:MESSAGE_LIMIT], upstream_status=status)
 
 
 def _error_object(data: str) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 
+from streamfan import codes
 from streamfan.errors import (
     UpstreamError,
     UpstreamHTTPError,
@@ -129,31 +130,25 @@ class Upstream:
         except httpx.TimeoutException as exc:
             if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
                 raise UpstreamError(
-                    "timed out connecting to the upstream",
-                    code="upstream_unreachable",
-                    retryable=True,
+                    "timed out connecting to the upstream", code=codes.UPSTREAM_UNREACHABLE.code
                 ) from exc
             raise UpstreamStalled(
-                f"upstream sent nothing for {self.settings.upstream_read_timeout_s:g} s",
-                retryable=True,
+                f"upstream sent nothing for {self.settings.upstream_read_timeout_s:g} s"
             ) from exc
         except httpx.ConnectError as exc:
             raise UpstreamError(
                 f"cannot connect to the upstream: {self._scrub(str(exc)) or type(exc).__name__}",
-                code="upstream_unreachable",
-                retryable=True,
+                code=codes.UPSTREAM_UNREACHABLE.code,
             ) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             raise UpstreamError(
                 "the upstream closed the connection mid-reply",
-                code="upstream_disconnected",
-                retryable=True,
+                code=codes.UPSTREAM_DISCONNECTED.code,
             ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
                 f"upstream request failed: {type(exc).__name__}",
-                code="upstream_request_failed",
-                retryable=True,
+                code=codes.UPSTREAM_REQUEST_FAILED.code,
             ) from exc
 
     async def _reads(self, response: httpx.Response) -> AsyncIterator[bytes]:

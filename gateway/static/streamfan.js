@@ -55,15 +55,18 @@
     "gone",
   ]);
 
-  // Close codes after which reconnecting the same way fails the same way
-  // (streamfan/protocol.py: 1008 flood, 1009 frame too big, 4500-4999; plus the
-  // standard protocol violations). Every other code reconnects: 1001 going away,
-  // 1006 abnormal, 1011 internal error, 1012-1014 restart/overload, 4000-4499.
+  // Close codes after which reconnecting the same way fails the same way: the
+  // same set and ranges as streamfan/protocol.py (should_reconnect; a test
+  // compares them). Every other code reconnects: 1001 going away, 1006 abnormal,
+  // 1011 internal error, 1012-1014 restart/overload, 4000-4499, and any code a
+  // proxy in between sends.
   const TERMINAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009, 1010]);
+  const RECONNECT_CLOSE_RANGE = [4000, 4499];
+  const TERMINAL_CLOSE_RANGE = [4500, 4999];
 
   function shouldReconnect(code) {
-    if (code >= 4000 && code <= 4499) return true;
-    if (code >= 4500 && code <= 4999) return false;
+    if (code >= RECONNECT_CLOSE_RANGE[0] && code <= RECONNECT_CLOSE_RANGE[1]) return true;
+    if (code >= TERMINAL_CLOSE_RANGE[0] && code <= TERMINAL_CLOSE_RANGE[1]) return false;
     return !TERMINAL_CLOSE_CODES.has(code);
   }
 

@@ -148,3 +148,15 @@ def test_clients_measures_the_append_and_the_sharded_wakeup_on_a_cluster(
     (row,) = data["rows"]
     assert row["lib"] == "redis-py"
     assert row["append_cpu_us"] > 0 and row["wakeup_cpu_us"] > 0
+
+
+def test_durable_measures_the_finish_delay_and_cpu_of_both_modes(tmp_path: Path) -> None:
+    # No --redis-url: the scenario starts its own Valkey with an AOF.
+    assert main(["durable", "--out", str(tmp_path), "--streams", "4", "--rounds", "1"]) == 0
+    data = json.loads((tmp_path / "durable-latest.json").read_text())
+    assert data["scenario"] == "durable" and all_finite(data)
+    rows = data["rows"]
+    for mode in ("off", "local"):
+        assert rows[mode]["worker_cpu_us_per_stream"] > 0
+        assert rows[mode]["finish_delay_ms_p99"] >= rows[mode]["finish_delay_ms_p50"] >= 0
+    assert rows["ratio"]["worker_cpu_per_stream"] > 0

@@ -14,6 +14,8 @@ import orjson
 import pytest
 from playwright.async_api import Browser, Page
 
+from streamfan import protocol
+
 pytestmark = pytest.mark.browser
 
 CLIENT_JS = Path(__file__).resolve().parents[2] / "gateway" / "static" / "streamfan.js"
@@ -256,6 +258,14 @@ CLOSE_CODES = {
     4500: False,
     4999: False,
 }
+
+
+async def test_the_reconnect_decision_is_protocol_py_s_for_every_close_code(page: Page) -> None:
+    # Executes the JS (tests/unit/test_js_protocol.py compares its constants).
+    got = await Driver(page).js(
+        "Array.from({length: 5000}, (_, c) => Streamfan.shouldReconnect(c))"
+    )
+    assert got == [protocol.should_reconnect(code) for code in range(5000)]
 
 
 async def test_close_codes_split_into_reconnect_and_terminal(page: Page) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("streamfan", "worker", "gateway", "cli", "bench")
+PACKAGES = ("streamfan", "worker", "gateway", "cli", "bench", "chaos")
 #: Modules grow past this only by holding two things: split them by what they hold.
 MAX_LINES = 400
 
@@ -51,7 +51,7 @@ def importers(packages: tuple[str, ...], target: str) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("target", ["cli", "worker", "gateway", "bench"])
+@pytest.mark.parametrize("target", ["cli", "worker", "gateway", "bench", "chaos"])
 def test_the_contract_package_imports_no_other_package(target: str) -> None:
     assert importers(("streamfan",), target) == []
 
@@ -78,3 +78,8 @@ def test_no_module_of_the_packages_is_over_the_line_limit() -> None:
         for path in modules(package)
     }
     assert {name: n for name, n in sizes.items() if n > MAX_LINES} == {}
+
+
+@pytest.mark.parametrize("package", ["streamfan", "worker", "gateway", "cli", "bench"])
+def test_nothing_but_the_tests_imports_the_chaos_run(package: str) -> None:
+    assert importers((package,), "chaos") == []

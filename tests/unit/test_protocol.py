@@ -224,6 +224,9 @@ def test_close_codes_are_grouped_into_reconnect_and_terminal() -> None:
     }
     assert not protocol.should_reconnect(4500)
     assert protocol.should_reconnect(1006)
+    # Codes nobody meant as final (a proxy's 1000, a restart's 1012) reconnect.
+    assert protocol.should_reconnect(1000) and protocol.should_reconnect(1012)
+    assert not protocol.should_reconnect(1002)
     for code in CloseCode:
         assert len(CLOSE_REASONS[code].encode()) <= 123
 
