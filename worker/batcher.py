@@ -185,17 +185,21 @@ class AppendBatcher:
             batch[i : i + MAX_STREAMS_PER_CALL] for i in range(0, len(batch), MAX_STREAMS_PER_CALL)
         ]
         now = now_ms()
-        if self._on_round_trip is not None:
-            self._on_round_trip(len(batch))
-        if len(calls) == 1:
-            return list(await self._script(*self._call_args(calls[0], now)))
-        pipe = r.pipeline(transaction=False)
-        for call in calls:
-            await self._script(*self._call_args(call, now), client=pipe)
-        out: list[list[Any]] = []
-        for replies in await pipe.execute():
-            out.extend(replies)
-        return out
+        try:
+            if len(calls) == 1:
+                return list(await self._script(*self._call_args(calls[0], now)))
+            pipe = r.pipeline(transaction=False)
+            for call in calls:
+                await self._script(*self._call_args(call, now), client=pipe)
+            out: list[list[Any]] = []
+            for replies in await pipe.execute():
+                out.extend(replies)
+            return out
+        finally:
+            # Counted once it is over, as the writes it carried are: a metrics
+            # scrape never sees a round trip whose writes it cannot see yet.
+            if self._on_round_trip is not None:
+                self._on_round_trip(len(batch))
 
     def _call_args(self, call: list[_Append], now: int) -> tuple[list[bytes], list[Any]]:
         batch = RECORD_SEPARATOR.join([item.record for item in call])
@@ -226,11 +230,11 @@ class AppendBatcher:
                     continue
                 nodes[node.name] = node
                 by_node.setdefault(node.name, []).append(sc)
+        sent = await asyncio.gather(*(self._node_send(r, nodes[n], c) for n, c in by_node.items()))
         if self._on_round_trip is not None:
             # A round trip per node, in parallel: counted as such.
             for calls in by_node.values():
                 self._on_round_trip(sum(len(sc.idxs) for sc in calls))
-        sent = await asyncio.gather(*(self._node_send(r, nodes[n], c) for n, c in by_node.items()))
         for calls in sent:
             for sc in calls:
                 for k, i in enumerate(sc.idxs):
