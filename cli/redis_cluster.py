@@ -9,27 +9,42 @@ rather than with ``valkey-cli --cluster create``, which waits in whole seconds.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
-from cli.redis_server import RedisServer, free_port
+from cli.redis_server import RedisServer
 from streamfan.errors import StreamfanError
 
 SLOTS = 16384
 
 
+def free_ports(host: str, n: int) -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none repeats)."""
+    socks = []
+    try:
+        for _ in range(n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 class ClusterNode(RedisServer):
     """One ``valkey-server`` with cluster mode on."""
 
-    def __init__(self, *, host: str, node_timeout_ms: int) -> None:
-        super().__init__(host=host)
+    def __init__(self, *, host: str, port: int, bus_port: int, node_timeout_ms: int) -> None:
+        super().__init__(host=host, port=port)
         self.node_timeout_ms = node_timeout_ms
         # The bus port is a free port of its own: the default (port + 10000)
         # may be taken, or past 65535 for an ephemeral port.
-        self.bus_port = free_port(self.host)
+        self.bus_port = bus_port
 
     def _args(self) -> list[str]:
         return [
@@ -75,9 +90,20 @@ class RedisCluster:
     ) -> None:
         self.host = host
         self.n_masters = masters
-        self.nodes = [
-            ClusterNode(host=host, node_timeout_ms=node_timeout_ms)
-            for _ in range(masters * (1 + replicas))
+        self.n_nodes = masters * (1 + replicas)
+        self.node_timeout_ms = node_timeout_ms
+        self.nodes = self._new_nodes()
+
+    def _new_nodes(self) -> list[ClusterNode]:
+        ports = free_ports(self.host, 2 * self.n_nodes)
+        return [
+            ClusterNode(
+                host=self.host,
+                port=ports[2 * i],
+                bus_port=ports[2 * i + 1],
+                node_timeout_ms=self.node_timeout_ms,
+            )
+            for i in range(self.n_nodes)
         ]
 
     @property
@@ -85,9 +111,19 @@ class RedisCluster:
         return self.nodes[0].url.rsplit("/", 1)[0]
 
     def start(self, timeout_s: float = 30.0) -> RedisCluster:
+        for attempt in range(3):
+            try:
+                for node in self.nodes:
+                    node.start()
+                break
+            except StreamfanError as exc:
+                # A port free when chosen may be taken by the time a node binds
+                # it (other processes start servers too): choose again.
+                self.close()
+                if attempt == 2 or "already in use" not in str(exc):
+                    raise
+                self.nodes = self._new_nodes()
         try:
-            for node in self.nodes:
-                node.start()
             self._form(time.monotonic() + timeout_s)
         except BaseException:
             self.close()
