@@ -21,8 +21,7 @@ from __future__ import annotations
 from typing import Any, Final, TypeAlias
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 
@@ -31,7 +30,6 @@ from streamfan.redis_edge import redis_errors
 
 #: What holds the event keys: one Redis, or a cluster of them.
 EventsRedis: TypeAlias = aioredis.Redis | RedisCluster
-EventsPipeline: TypeAlias = Pipeline | ClusterPipeline
 
 _PUBLISH: Final = "redis.call('PUBLISH', chan,"
 _SPUBLISH: Final = "redis.call('SPUBLISH', chan,"
