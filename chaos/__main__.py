@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from chaos.plan import PROCESS_FAULTS, Config
+from chaos.plan import ALL_FAULTS, Config
 from chaos.run import run
 from chaos.verdict import table
 
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers, help="worker processes")
     p.add_argument("--gateways", type=int, default=d.gateways, help="gateway processes")
     p.add_argument("--faults", default=",".join(d.process_faults),
-                   help=f"process faults to use (any of {', '.join(PROCESS_FAULTS)})")  # fmt: skip
+                   help=f"process faults to use (any of {', '.join(ALL_FAULTS)})")  # fmt: skip
+    p.add_argument("--front", choices=["nginx"], default=None,
+                   help="readers connect through nginx (deploy/nginx.conf)")  # fmt: skip
     p.add_argument("--run-dir", type=Path, default=None, help="logs and Redis data (default: temp)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
     return p
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed, duration_s=args.duration, streams=args.streams,
             readers=args.readers, workers=args.workers, gateways=args.gateways,
             process_faults=tuple(f for f in args.faults.split(",") if f),
+            front=args.front == "nginx",
         )  # fmt: skip
     except ValueError as exc:
         print(f"python -m chaos: {exc}", file=sys.stderr)

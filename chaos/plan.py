@@ -19,6 +19,12 @@ KILL_PUBSUB = "kill_pubsub"  # CLIENT KILL TYPE pubsub: every subscriber connect
 KILL_REDIS = "kill_redis"  # SIGKILL Redis, start it again on its append-only file
 PAUSE_REDIS = "pause_redis"  # SIGSTOP Redis past every timeout, then SIGCONT
 PROCESS_FAULTS = (KILL_WORKER, KILL_GATEWAY, KILL_PUBSUB, KILL_REDIS, PAUSE_REDIS)
+#: A rolling restart, as a deployment does it: SIGTERM each part in turn, wait for it
+#: to hand over and exit, start its replacement, then the next. Not in the default mix.
+RESTART_WORKERS = "restart_workers"
+RESTART_GATEWAYS = "restart_gateways"
+ROLLING_RESTARTS = (RESTART_WORKERS, RESTART_GATEWAYS)
+ALL_FAULTS = PROCESS_FAULTS + ROLLING_RESTARTS
 
 #: Faults the mock upstream makes on a stream's first attempt (``fault_times`` 1), so a
 #: retry succeeds and the stream still ends ``done`` with the scripted reply.
@@ -50,13 +56,15 @@ class Config:
     #: How long Redis stays down after a kill before it is started again.
     redis_down_s: float = 2.0
     process_faults: tuple[str, ...] = PROCESS_FAULTS
+    #: Readers connect through nginx (deploy/nginx.conf) instead of to a random gateway.
+    front: bool = False
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0 or self.streams < 1 or self.readers < 1:
             raise ValueError("duration, streams and readers must be positive")
         if self.workers < 1 or self.gateways < 1:
             raise ValueError("a run needs at least one worker and one gateway")
-        unknown = set(self.process_faults) - set(PROCESS_FAULTS)
+        unknown = set(self.process_faults) - set(ALL_FAULTS)
         if unknown:
             raise ValueError(f"unknown process faults: {sorted(unknown)}")
 

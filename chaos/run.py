@@ -20,6 +20,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from chaos import plan as chaos_plan
+from chaos.front import Front
 from chaos.plan import Config, Fault, Job, Plan
 from chaos.readers import Reader
 from chaos.stack import JWT_SECRET, Stack
@@ -57,7 +58,12 @@ class Run:
         self.logs: list[ReaderLog] = []
         self.readers: list[asyncio.Task[None]] = []
         self.faults: collections.Counter[str] = collections.Counter()
+        self.front = Front(run_dir, self.stack.gateway_ports) if self.config.front else None
         self._t0 = 0.0
+
+    def entry_points(self) -> list[str]:
+        """Where readers connect: the front, or any gateway."""
+        return [self.front.url] if self.front is not None else self.stack.gateway_urls
 
     def _at(self, at_s: float) -> float:
         return max(0.0, self._t0 + at_s - time.monotonic())
@@ -71,7 +77,7 @@ class Run:
         for r in range(self.config.readers):
             log = ReaderLog(stream_id=job.stream_id, index=r)
             self.logs.append(log)
-            reader = Reader(log, lambda: self.stack.gateway_urls, token,
+            reader = Reader(log, self.entry_points, token,
                             self.plan.reader_seeds[(job.stream_id, r)])  # fmt: skip
             self.readers.append(asyncio.create_task(reader.run()))
 
@@ -88,9 +94,15 @@ class Run:
             await self.stack.kill_redis(self.config.redis_down_s)
         elif fault.kind == chaos_plan.PAUSE_REDIS:
             await self.stack.pause_redis(self.config.pause_s)
+        elif fault.kind == chaos_plan.RESTART_WORKERS:
+            await self.stack.restart_workers()
+        elif fault.kind == chaos_plan.RESTART_GATEWAYS:
+            await self.stack.restart_gateways()
 
     async def execute(self) -> Summary:
         await self.stack.start()
+        if self.front is not None:
+            await self.front.start()
         settings = Settings.from_env({}, redis_url=self.stack.redis_url, jwt_secret=JWT_SECRET)
         try:
             async with Client(settings) as sf:
@@ -110,6 +122,8 @@ class Run:
                 assert isinstance(sf.redis, aioredis.Redis), "the chaos run uses one Redis"
                 leftover = await self._leftover_keys(sf.redis, sf.keys)
         finally:
+            if self.front is not None:
+                await self.front.stop()
             await self.stack.stop()
         return summarise(outcomes, self.logs, self.faults,
                          process_exits=self.stack.exits, leftover_keys=leftover)  # fmt: skip

@@ -156,6 +156,29 @@ class Stack:
         await self._kill(self.gateways[i])
         self.gateways[i] = await self._start_gateway(self.gateway_ports[i])
 
+    async def _terminate(self, part: Part, within_s: float = 30.0) -> None:
+        """SIGTERM, as a rolling restart does: the part hands over its work and exits."""
+        part.killed_on_purpose = True
+        with contextlib.suppress(ProcessLookupError):
+            part.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(part.proc.wait(), within_s)
+        except TimeoutError:
+            self.exits.append(f"{part.name} did not stop within {within_s:g} s of SIGTERM")
+            await self._kill(part)
+
+    async def restart_workers(self) -> None:
+        """Every worker in turn: SIGTERM, wait until it is gone, start its replacement."""
+        for i, part in enumerate(self.workers):
+            await self._terminate(part)
+            self.workers[i] = await self._start_worker()
+
+    async def restart_gateways(self) -> None:
+        """Every gateway in turn, on its own port, the next only once this one is back."""
+        for i, part in enumerate(self.gateways):
+            await self._terminate(part)
+            self.gateways[i] = await self._start_gateway(self.gateway_ports[i])
+
     async def kill_pubsub(self) -> None:
         r = aioredis.Redis.from_url(self.redis.url)
         try:

@@ -1,6 +1,8 @@
 """The client-side commands: ``submit``, ``tail``, ``token``, ``status``, ``cancel``.
 
 They read Redis directly through :class:`streamfan.Client`, like a backend would.
+With no Redis URL given, they find a running ``streamfan up`` of the same user
+through its state file (:mod:`cli.upstate`) and say so in one line on stderr.
 Output for people goes to stdout (the reply text as it arrives) with progress on
 stderr; ``--json`` prints one compact JSON object per line for scripts.
 """
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from typing import Any, TextIO
 
 import orjson
 
+from cli import upstate
 from streamfan import events
 from streamfan.client import Client
 from streamfan.keys import validate_stream_id
@@ -58,7 +62,14 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run_for(name: str, args: argparse.Namespace) -> int:
-    settings = Settings.from_env(redis_url=args.redis_url)
+    found = upstate.find(os.environ, redis_url_flag=args.redis_url)
+    if found.note:
+        print(f"streamfan {name}: {found.note}", file=sys.stderr, flush=True)
+    settings = Settings.from_env(found.environ, redis_url=args.redis_url)
+    # The demo page of the run found, to watch a submitted stream in a browser.
+    args.page_url = (
+        found.state.gateway_urls[0] if found.state and found.state.gateway_urls else None
+    )
     # A mistyped id is the user's to fix: say so before trying to reach Redis.
     for stream_id in [getattr(args, "stream_id", None), getattr(args, "stream_ids", None)]:
         if isinstance(stream_id, str):
@@ -100,6 +111,11 @@ async def _submit(settings: Settings, args: argparse.Namespace) -> int:
             print(f"stream_id: {sub.stream_id}", file=info)
             if sub.token:
                 print(f"token: {sub.token}", file=info)
+                if args.page_url:
+                    print(
+                        f"page: {args.page_url}/?stream={sub.stream_id}&token={sub.token}",
+                        file=info,
+                    )
             info.flush()
         if not args.follow:
             return 0

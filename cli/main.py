@@ -17,12 +17,15 @@ process of a deployment, a test or a benchmark would pay that.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from streamfan import redact
 from streamfan.errors import ConfigError, StreamfanError
+from streamfan.settings import Settings
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -69,7 +72,7 @@ def _client_command(name: str) -> Loader:
 #: command -> (one-line help, the loader of its flags and runner)
 COMMANDS: dict[str, tuple[str, Loader]] = {
     "up": ("run everything on this machine (Redis, mock upstream, worker, gateway)", _up),
-    "worker": ("run an arq worker that streams chat jobs into Redis", _worker),
+    "worker": ("run arq workers (--processes N) that stream chat jobs into Redis", _worker),
     "gateway": ("run the WebSocket gateway", _gateway),
     "submit": ("enqueue a chat job; print its stream id and token", _client_command("submit")),
     "tail": ("print a stream's content as it arrives", _client_command("tail")),
@@ -111,7 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # On the handler, so it sees every logger's records at every level (a
+    # handshake's ?token= at DEBUG, an upstream's headers in httpcore's).
+    redact.install()
     try:
+        # A bad setting: the command builds its settings and reports it itself.
+        with contextlib.suppress(ConfigError):
+            redact.install(Settings.from_env().secrets)
         return int(run(args))
     except ConfigError as exc:
         print(f"streamfan {args.command}: configuration error: {exc}", file=sys.stderr)

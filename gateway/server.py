@@ -13,6 +13,7 @@ connection's :class:`~gateway.peer.Peer`, in order, without waiting on the socke
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import weakref
@@ -29,7 +30,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, cluster_live, memory, metrics
+from gateway import auth, cluster_live, memory, metrics, wire
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
@@ -37,7 +38,7 @@ from gateway.live import Live, LiveSource
 from gateway.peer import Flusher, Peer
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
-from streamfan import events, protocol, store
+from streamfan import events, protocol, redact, store
 from streamfan.cluster import EventsRedis
 from streamfan.errors import ConfigError, RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
@@ -99,6 +100,10 @@ class Gateway:
                 "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
                 "reach this gateway may read and cancel EVERY stream"
             )
+        # websockets logs each handshake's request line and headers (?token=,
+        # Authorization) at DEBUG on this logger: scrubbed here too, for an
+        # application that embeds the gateway with handlers of its own.
+        redact.guard(connection_log, s.secrets)
         clustered = await cluster_live.open_cluster(s, t, self.metrics, READ_CLIENT_NAME)
         if clustered is not None:
             self._redis, self._live = clustered
@@ -142,7 +147,7 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=memory.Connection,
+                create_connection=wire.Connection,
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -290,6 +295,8 @@ class Gateway:
             close_timeout_s=self.tuning.close_timeout_s,
             on_cut=hub.detach,
         )
+        if isinstance(ws, wire.Connection):
+            ws.on_control = functools.partial(self._on_control, peer)
         self.peers.add(peer)
         self._trim.opened(len(self.peers))
         self.metrics.connections_total += 1
@@ -319,6 +326,8 @@ class Gateway:
         finally:
             if expiry is not None:
                 expiry.cancel()
+            if isinstance(ws, wire.Connection):
+                ws.on_control = None
             hub.detach(peer)
             self.peers.discard(peer)
             await peer.wait_closed()
@@ -326,11 +335,8 @@ class Gateway:
     async def _on_frame(self, peer: Peer, frame: str | bytes) -> None:
         if peer.closing:
             return
-        s = self.settings
         if not peer.session.admit(asyncio.get_running_loop().time()):
-            self.metrics.flood_disconnects += 1
-            log.info("client %s flooding: cut", peer.ws.remote_address)
-            peer.cut(CloseCode.FLOOD, f"flood: more than {s.max_messages_per_s:g} messages/s")
+            self._flood(peer)
             return
         op = protocol.parse_frame(frame)
         if not isinstance(op, Invalid):
@@ -348,6 +354,17 @@ class Gateway:
             self._hub_().unsubscribe(peer, op.stream)
         elif isinstance(op, Cancel):
             await self._cancel(peer, op.stream)
+
+    def _on_control(self, peer: Peer) -> None:
+        """A PING or PONG from the client: a message like any other to the flood limit."""
+        if not peer.closing and not peer.session.admit(asyncio.get_running_loop().time()):
+            self._flood(peer)
+
+    def _flood(self, peer: Peer) -> None:
+        self.metrics.flood_disconnects += 1
+        log.info("client %s flooding: cut", peer.ws.remote_address)
+        rate = self.settings.max_messages_per_s
+        peer.cut(CloseCode.FLOOD, f"flood: more than {rate:g} messages/s")
 
     async def _cancel(self, peer: Peer, stream_id: str) -> None:
         s = self.settings

@@ -121,8 +121,27 @@ def _log_level(raw: str) -> str:
     return level
 
 
-def setting(default: Any, doc: str, cast: Callable[[str], Any]) -> Any:
-    return field(default=default, metadata={"doc": doc, "cast": cast})
+#: Secrets streamfan itself verifies (it holds both ends): each shorter than this
+#: is refused at start-up. An HS256 key shorter than its 32-byte hash output is
+#: what RFC 7518 (3.2) forbids and PyJWT warns about.
+MIN_SECRET_BYTES = 32
+
+
+def setting(
+    default: Any, doc: str, cast: Callable[[str], Any], *, secret: str | None = None
+) -> Any:
+    """A field read from ``STREAMFAN_<NAME>``.
+
+    ``secret``: ``"verified"`` for a secret streamfan checks tokens or keys
+    against (at least :data:`MIN_SECRET_BYTES`), ``"held"`` for one it only
+    passes on (the upstream's key: the provider's business, never judged). Both
+    stay out of ``repr``, error messages and logs (:mod:`streamfan.redact`).
+    """
+    return field(
+        default=default,
+        repr=secret is None,
+        metadata={"doc": doc, "cast": cast, "secret": secret},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +161,10 @@ class Settings:
     )
     maxlen: int = setting(100_000, "Approximate cap on entries of one stream", _positive_int)
     jwt_secret: str | None = setting(
-        None, "HS256 secret for subscribe tokens (gateway, client API)", _optional_str
+        None,
+        "HS256 secret for subscribe tokens (gateway, client API); 32 bytes or more",
+        _optional_str,
+        secret="verified",
     )
     token_ttl_s: float = setting(3600.0, "Lifetime of minted tokens, seconds", _positive_float)
     queue_name: str = setting("arq:queue", "arq queue name", str)
@@ -153,7 +175,7 @@ class Settings:
         "https://api.openai.com/v1", "OpenAI-compatible base URL (…/v1)", _http_url
     )
     upstream_api_key: str | None = setting(
-        None, "Upstream API key (falls back to OPENAI_API_KEY)", _optional_str
+        None, "Upstream API key (falls back to OPENAI_API_KEY)", _optional_str, secret="held"
     )
     upstream_connect_timeout_s: float = setting(
         10.0, "Connect timeout to the upstream, seconds", _positive_float
@@ -234,7 +256,8 @@ class Settings:
                 try:
                     values[f.name] = f.metadata["cast"](raw)
                 except ValueError as exc:
-                    raise ConfigError(name, f"invalid value {raw!r}: {exc}") from None
+                    shown = "" if f.metadata["secret"] else f" {raw!r}"
+                    raise ConfigError(name, f"invalid value{shown}: {exc}") from None
         for key, value in overrides.items():
             if value is None:
                 continue
@@ -242,6 +265,32 @@ class Settings:
                 raise TypeError(f"unknown setting {key!r}")
             values[key] = value
         return cls(**values)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.metadata["secret"] != "verified":
+                continue
+            value = getattr(self, f.name)
+            # A setting holding several (a list of API keys) checks each one.
+            for secret in (value,) if isinstance(value, str) else value or ():
+                size = len(secret.encode())
+                if size < MIN_SECRET_BYTES:
+                    raise ConfigError(
+                        ENV_PREFIX + f.name.upper(),
+                        f"a secret of {size} bytes is too short: use {MIN_SECRET_BYTES} or "
+                        "more random bytes (python -c 'import secrets; "
+                        "print(secrets.token_urlsafe(32))')",
+                    )
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value set (verified and held), for :mod:`streamfan.redact`."""
+        found: list[str] = []
+        for f in dataclasses.fields(self):
+            if f.metadata["secret"]:
+                value = getattr(self, f.name)
+                found.extend((value,) if isinstance(value, str) else value or ())
+        return tuple(found)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

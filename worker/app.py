@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from arq import Worker, func
 from arq.connections import RedisSettings
 
+from streamfan import redact
 from streamfan.cluster import connect_events
 from streamfan.keys import JOB_FUNCTION
 from streamfan.serialization import job_deserializer, job_serializer
@@ -41,6 +42,9 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     s = settings or Settings.from_env()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        # However the process was started (``streamfan worker``, ``arq``, an
+        # application): the upstream's key is masked in whatever its handlers write.
+        redact.install(s.secrets)
         events_redis = await connect_events(s.events_url, health_check_interval=10)
         queue_redis = ctx["redis"]
         # Cancel requests and job nudges are plain PUBLISH (rare, and for every

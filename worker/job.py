@@ -305,7 +305,7 @@ class Attempt:
         await writer.write(first)
         body = validate_chat_request(self.body)
         decoder = SSEDecoder()
-        translator = Translator(secrets=[self.settings.upstream_api_key or ""])
+        translator = Translator(secrets=self.settings.secrets)
         idle_limit = self.settings.upstream_idle_timeout_s
         metrics = self.state.metrics
         asked = last_content = time.monotonic()

@@ -42,20 +42,20 @@ import orjson
 from streamfan import events
 from streamfan.errors import UpstreamBadData, UpstreamStreamError, UpstreamTruncated
 from streamfan.events import Event
+from streamfan.redact import redact
 from worker.sse import ServerSentEvent
 
 DONE_SENTINEL: Final = "[DONE]"
 #: Longest upstream error message carried into an ``error`` event.
 MESSAGE_LIMIT: Final = 500
 CODE_LIMIT: Final = 64
-_REDACTED: Final = "[redacted]"
 
 
 class Translator:
     """One per attempt. ``feed`` each decoded event; ``end_of_body`` when the body ends.
 
-    ``secrets`` are strings (the API key) replaced by ``[redacted]`` in any error
-    message taken from the upstream, in case it echoes them back.
+    ``secrets`` are strings (the API key) masked by :func:`streamfan.redact.redact`
+    in any error message taken from the upstream, in case it echoes them back.
     """
 
     def __init__(self, *, secrets: Iterable[str] = ()) -> None:
@@ -155,10 +155,9 @@ class Translator:
 
     def _error(self, err: Any) -> UpstreamStreamError:
         message, code, status = _describe(err)
+        message = redact(message, self._secrets)
         if code:
-            message = f"[{code[:CODE_LIMIT]}] {message}"
-        for secret in self._secrets:
-            message = message.replace(secret, _REDACTED)
+            message = f"[{redact(code, self._secrets)[:CODE_LIMIT]}] {message}"
         return UpstreamStreamError(message[:MESSAGE_LIMIT], upstream_status=status)
 
 

@@ -4,7 +4,9 @@
 raw bytes of each network read; every httpx exception and every non-2xx answer
 is mapped here to an :class:`~streamfan.errors.UpstreamError` that says whether a
 retry may help. The API key lives only in this object's headers: no error
-message, event or log line built here contains it or any request header.
+message, event or log line built here contains it or any request header. What
+the upstream sends back is redacted (:func:`streamfan.redact.redact`) before
+anything cuts it to a length: a key cut in two matches neither way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from streamfan.errors import (
     UpstreamHTTPError,
     UpstreamStalled,
 )
+from streamfan.redact import redact
 from streamfan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,8 +59,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, seconds)
 
 
-def error_message(body: bytes, status: int) -> str:
-    """The upstream's own error message if its body has one (OpenAI's shape), else generic."""
+def error_message(body: bytes, status: int, secrets: tuple[str, ...] = ()) -> str:
+    """The upstream's own error message if its body has one (OpenAI's shape), else generic.
+
+    ``secrets`` are redacted from it before it is cut to :data:`MESSAGE_LIMIT`.
+    """
     try:
         obj: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -72,7 +78,7 @@ def error_message(body: bytes, status: int) -> str:
         message = message or obj.get("message")
     if not isinstance(message, str) or not message:
         message = f"upstream answered HTTP {status}"
-    return message[:MESSAGE_LIMIT]
+    return redact(message, secrets)[:MESSAGE_LIMIT]
 
 
 class Upstream:
@@ -83,7 +89,7 @@ class Upstream:
         headers = {"Accept": "text/event-stream"}
         if settings.upstream_api_key:
             headers["Authorization"] = f"Bearer {settings.upstream_api_key}"
-        self._secret = settings.upstream_api_key or ""
+        self._secrets = settings.secrets
         self.client = httpx.AsyncClient(
             base_url=settings.upstream_base_url,
             headers=headers,
@@ -101,9 +107,6 @@ class Upstream:
 
     async def aclose(self) -> None:
         await self.client.aclose()
-
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "[redacted]") if self._secret else text
 
     @asynccontextmanager
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[bytes]]:
@@ -137,7 +140,8 @@ class Upstream:
             ) from exc
         except httpx.ConnectError as exc:
             raise UpstreamError(
-                f"cannot connect to the upstream: {self._scrub(str(exc)) or type(exc).__name__}",
+                "cannot connect to the upstream: "
+                + (redact(str(exc), self._secrets)[:MESSAGE_LIMIT] or type(exc).__name__),
                 code=codes.UPSTREAM_UNREACHABLE.code,
             ) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
@@ -166,7 +170,9 @@ class Upstream:
                 break
         retryable = status in RETRYABLE_STATUSES
         raise UpstreamHTTPError(
-            self._scrub(error_message(body[:ERROR_BODY_LIMIT], status)),
+            # The body's cut is safe: nothing of a body that is not whole JSON
+            # travels (a cut one parses as JSON only if the cut fell in trailing space).
+            error_message(body[:ERROR_BODY_LIMIT], status, self._secrets),
             retryable=retryable,
             upstream_status=status,
             retry_after=parse_retry_after(response.headers.get("retry-after"))

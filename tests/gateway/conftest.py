@@ -327,10 +327,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class GatewayProcess:
     """``streamfan gateway --port 0`` as a child process."""
 
-    def __init__(self, settings: Settings, *extra: str) -> None:
+    def __init__(self, settings: Settings, *extra: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "gateway", "--port", "0", *extra],
-            env=settings_env(settings),
+            env={**settings_env(settings), **(env or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -366,8 +366,8 @@ class GatewayProcess:
 def gateway_process() -> Iterator[Callable[..., GatewayProcess]]:
     started: list[GatewayProcess] = []
 
-    def start(settings: Settings, *extra: str) -> GatewayProcess:
-        gp = GatewayProcess(settings, *extra)
+    def start(settings: Settings, *extra: str, env: dict[str, str] | None = None) -> GatewayProcess:
+        gp = GatewayProcess(settings, *extra, env=env)
         started.append(gp)
         return gp
 

@@ -127,6 +127,18 @@ async def test_token_mints_a_token_for_the_given_streams(settings: Settings) -> 
         (["submit", "hi", "--model", ""], {}, ["model"]),
         (["worker"], {"STREAMFAN_UPSTREAM_BASE_URL": "ftp://x"}, ["STREAMFAN_UPSTREAM_BASE_URL"]),
         (["worker"], {"STREAMFAN_WORKER_MAX_JOBS": "0"}, ["STREAMFAN_WORKER_MAX_JOBS"]),
+        (["worker", "--processes", "none"], {}, ["--processes", "auto"]),
+        # Checked once by the supervisor, before any child starts.
+        (
+            ["worker", "--processes", "2"],
+            {"STREAMFAN_WORKER_MAX_JOBS": "0"},
+            ["STREAMFAN_WORKER_MAX_JOBS"],
+        ),
+        (
+            ["worker", "--processes", "3"],
+            {"STREAMFAN_WORKER_METRICS_PORT": "65534"},
+            ["STREAMFAN_WORKER_METRICS_PORT"],
+        ),
         (["gateway"], {"STREAMFAN_PORT": "99999"}, ["STREAMFAN_PORT"]),
         (["up", "--workers", "0"], {"STREAMFAN_REDIS_URL": "redis://127.0.0.1:9/0"}, ["--workers"]),
     ],

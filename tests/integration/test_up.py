@@ -52,6 +52,7 @@ async def test_up_serves_a_reply_to_the_cli_and_a_websocket_and_stops_cleanly_on
 ) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFAN_")}
     env.pop("OPENAI_API_KEY", None)
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")  # not the real user's
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cli", "up", "--port", "0",
         "--data-dir", str(tmp_path / "data"),

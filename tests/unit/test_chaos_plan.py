@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chaos.front import DEPLOY_CONF, render
 from chaos.plan import PROCESS_FAULTS, UPSTREAM_FAULTS, Config, make_plan
 from chaos.verdict import ReaderLog, StreamOutcome, judge_reader, summarise
 from streamfan import events
@@ -118,3 +120,16 @@ def test_a_reader_without_end_or_with_the_wrong_text_fails_the_run() -> None:
     clean = ReaderLog("s", 0, received=list(entries), end_status=events.STATUS_DONE)
     assert summarise({"s": outcome}, [clean], {}).passed
     assert not summarise({"s": outcome}, [clean], {}, process_exits=["worker exited"]).passed
+
+
+def test_the_front_is_the_deployments_nginx_conf_with_this_runs_ports(tmp_path: Path) -> None:
+    conf = render(DEPLOY_CONF.read_text(), [7001, 7002], 9000, tmp_path)
+    assert "server gateway:" not in conf
+    assert "server 127.0.0.1:7001 max_fails=1 fail_timeout=1s;" in conf
+    assert "server 127.0.0.1:7002 max_fails=1 fail_timeout=1s;" in conf
+    assert "listen 127.0.0.1:9000;" in conf
+    assert f"access_log {tmp_path / 'nginx-access.log'} streamfan;" in conf
+    # what operators run is kept: the upgrade headers, no buffering
+    assert "proxy_set_header Upgrade $http_upgrade;" in conf and "proxy_buffering off;" in conf
+    with pytest.raises(ValueError, match="server gateway"):
+        render("events {}\nhttp {\n}\n", [1], 2, tmp_path)

@@ -42,8 +42,18 @@ def test_the_compose_file_runs_redis_with_aof_workers_gateways_and_a_proxy() -> 
     services = compose["services"]
     assert {"redis", "worker", "gateway", "proxy"} <= services.keys()
     assert "--appendonly" in services["redis"]["command"]
-    assert services["worker"]["command"] == ["worker"]
+    assert services["worker"]["command"] == ["worker", "--processes", "auto"]
     assert services["gateway"]["command"][0] == "gateway"
+
+
+def test_the_kubernetes_workers_run_one_supervisor_per_pod() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "deploy/k8s/worker.yaml").read_text()))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["worker", "--processes"]
+    # One process per CPU requested: the manifest's two numbers agree.
+    assert int(args[2]) == int(container["resources"]["requests"]["cpu"])
 
 
 def test_the_kubernetes_gateway_probes_readyz_and_healthz() -> None:

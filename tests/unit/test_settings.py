@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from streamfan.errors import ConfigError
-from streamfan.settings import Settings, settings_table
+from streamfan.settings import Settings, _csv, setting, settings_table
 
 
 def test_with_an_empty_environment_every_default_holds() -> None:
@@ -136,3 +136,64 @@ def test_the_settings_table_lists_every_variable_with_its_meaning() -> None:
 def test_a_prefix_must_be_printable_ascii_without_braces_or_spaces(prefix: str) -> None:
     with pytest.raises(ConfigError, match="STREAMFAN_PREFIX"):
         Settings.from_env({"STREAMFAN_PREFIX": prefix})
+
+
+# --- secrets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", ["s3cr3t", "x" * 31, "é" * 15 + "x"])
+def test_a_jwt_secret_under_32_bytes_is_refused_by_name_without_being_echoed(
+    secret: str,
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"STREAMFAN_JWT_SECRET": secret})
+    assert info.value.variable == "STREAMFAN_JWT_SECRET"
+    assert f"{len(secret.encode())} bytes is too short" in str(info.value)
+    assert secret not in str(info.value)
+
+
+def test_a_short_jwt_secret_is_refused_however_it_is_given() -> None:
+    with pytest.raises(ConfigError, match="STREAMFAN_JWT_SECRET"):
+        Settings.from_env({}, jwt_secret="short")
+    with pytest.raises(ConfigError, match="STREAMFAN_JWT_SECRET"):
+        Settings().replace(jwt_secret="short")
+
+
+def test_a_jwt_secret_of_32_bytes_counted_in_utf8_is_accepted() -> None:
+    assert Settings.from_env({"STREAMFAN_JWT_SECRET": "x" * 32}).jwt_secret == "x" * 32
+    assert Settings.from_env({"STREAMFAN_JWT_SECRET": "é" * 16}).jwt_secret == "é" * 16
+
+
+def test_the_upstream_key_is_never_judged_however_short() -> None:
+    assert Settings.from_env({"STREAMFAN_UPSTREAM_API_KEY": "x"}).upstream_api_key == "x"
+
+
+def test_secrets_stay_out_of_repr_and_are_listed_for_redaction() -> None:
+    s = Settings(jwt_secret="j" * 40, upstream_api_key="sk-upstream-key")
+    assert "j" * 40 not in repr(s) and "sk-upstream-key" not in repr(s)
+    assert s.secrets == ("j" * 40, "sk-upstream-key")
+    assert Settings().secrets == ()
+
+
+def test_every_secret_setting_says_whether_streamfan_verifies_it() -> None:
+    kinds = {f.name: f.metadata["secret"] for f in dataclasses.fields(Settings)}
+    assert kinds["jwt_secret"] == "verified"
+    assert kinds["upstream_api_key"] == "held"
+    # A setting holding many secrets (the HTTP door's API keys) is checked one by one.
+    assert all(kind in (None, "verified", "held") for kind in kinds.values())
+
+
+def test_a_setting_of_several_verified_secrets_checks_each_one() -> None:
+    # The hook the HTTP door's STREAMFAN_API_KEYS uses: a tuple marked "verified".
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class WithKeys(Settings):
+        api_keys: tuple[str, ...] = setting((), "door keys", _csv, secret="verified")
+
+    good = "k" * 32
+    assert WithKeys.from_env({"STREAMFAN_API_KEYS": f"{good},{good}x"}).secrets == (
+        good,
+        good + "x",
+    )
+    with pytest.raises(ConfigError) as info:
+        WithKeys.from_env({"STREAMFAN_API_KEYS": f"{good},tiny-key"})
+    assert info.value.variable == "STREAMFAN_API_KEYS" and "tiny-key" not in str(info.value)
