@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -56,12 +57,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--messages", type=int, default=20000, help="wake-ups published")
 
 
+#: The module each candidate imports (``.[bench]`` installs the two beyond redis-py).
+MODULES = {"redis-py": "redis", "coredis": "coredis", "glide": "glide"}
+
+
 def main(args: argparse.Namespace) -> None:
+    libs = args.libs.split(",")
+    missing = [lib for lib in libs if importlib.util.find_spec(MODULES[lib]) is None]
+    if missing:
+        raise SystemExit(
+            f"not installed: {', '.join(missing)} (pip install -e '.[bench]', or --libs redis-py)"
+        )
     with contextlib.ExitStack() as stack:
         # --redis-url: a node of a running cluster; else a local 3-master one.
         url = args.redis_url or stack.enter_context(RedisCluster(masters=3)).url
         rows = []
-        for lib in args.libs.split(","):
+        for lib in libs:
             report.progress(f"clients: {lib}")
             out = subprocess.run(
                 [sys.executable, "-m", "bench.clients", lib, url, *_child_argv(args)],
