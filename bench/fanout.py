@@ -14,8 +14,10 @@ For each C, each server runs two phases with fresh streams:
 ``fixed`` the producer writes at ``--fixed-rate`` per stream (default 20, an LLM's
           token rate): latency at the load streamfan exists for.
 
-Servers: ``streamfan`` (``python -m cli gateway``), ``ceiling`` and
-``naive`` (:mod:`bench.servers`).
+Servers: ``streamfan`` (``python -m cli gateway``, its WebSocket), ``sse`` (the
+same gateway process, read through its SSE door ``/streams/{ID}/events`` by
+:class:`bench.sseclient.SSEClient`), ``ceiling`` and ``naive``
+(:mod:`bench.servers`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from bench.procs import Child, Children, events_for, redis_for
 from bench.report import progress
 from streamfan.settings import Settings
 
-SERVERS = ("streamfan", "ceiling", "naive")
+SERVERS = ("streamfan", "sse", "ceiling", "naive")
 LAT_SAMPLE = 50_000
 
 
@@ -95,7 +97,8 @@ async def phase(b: Bench, server: str, clients: int, events: int, rate: float) -
         await producer.recv(30)
     pid = b.pids[server]
     rss_idle = rss_bytes(pid)
-    urls = [f"{b.urls[server]}/streams/{sid}?from=0" for sid in streams for _ in range(clients)]
+    path = "/streams/{}/events?from=0" if server == "sse" else "/streams/{}?from=0"
+    urls = [b.urls[server] + path.format(sid) for sid in streams for _ in range(clients)]
     procs = max(1, min(a.client_procs, len(urls)))
     expected = events * len(urls)
     stride = max(1, expected // LAT_SAMPLE)
@@ -197,6 +200,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             on_cluster = events_url if args.redis == "cluster" else None
             gw, gw_url = await children.gateway(redis_url, events_redis_url=on_cluster)
             urls, pids, helpers = {"streamfan": gw_url}, {"streamfan": gw.pid}, {}
+            urls["sse"], pids["sse"] = "http" + gw_url.removeprefix("ws"), gw.pid
             for kind in ("ceiling", "naive"):
                 if kind in servers:
                     h = await children.helper(
@@ -238,6 +242,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "one event per round trip; latency from bench_t stamped in the event before the write",
         "rows": rows,
         "ratios": ratios(rows),
+        "sse_vs_websocket": sse_ratios(rows),
     }
 
 
@@ -258,6 +263,26 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if other and other["events_per_s"] > 0:
                 item[f"vs_{base}_events_per_s"] = r["events_per_s"] / other["events_per_s"]
                 item[f"vs_{base}_frames_per_s"] = r["frames_per_s"] / other["frames_per_s"]
+        out.append(item)
+    return out
+
+
+def sse_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The SSE door against the WebSocket, per C: deliveries per server CPU-second
+    (``max``) and p99 latency (``fixed``)."""
+    by = {(r["phase"], r["clients_per_stream"], r["server"]): r for r in rows}
+    out = []
+    for (ph, c, server), sse in by.items():
+        ws = by.get((ph, c, "streamfan"))
+        if server != "sse" or ws is None:
+            continue
+        item: dict[str, Any] = {"clients_per_stream": c, "phase": ph}
+        sse_per_cpu = 1e6 / max(sse["server_cpu_us_per_event"], 1e-9)
+        ws_per_cpu = 1e6 / max(ws["server_cpu_us_per_event"], 1e-9)
+        item["deliveries_per_cpu_s"] = {"sse": sse_per_cpu, "websocket": ws_per_cpu}
+        item["deliveries_per_cpu_s_ratio"] = sse_per_cpu / ws_per_cpu
+        item["p99_ms"] = {"sse": sse["latency_ms"]["p99"], "websocket": ws["latency_ms"]["p99"]}
+        item["p99_ratio"] = sse["latency_ms"]["p99"] / max(ws["latency_ms"]["p99"], 1e-9)
         out.append(item)
     return out
 
@@ -313,12 +338,30 @@ def render(data: dict[str, Any]) -> str:
         ]
         for x in data["ratios"]
     ]
+    sse_rows = [
+        [
+            x["clients_per_stream"],
+            x["phase"],
+            x["deliveries_per_cpu_s"]["sse"],
+            x["deliveries_per_cpu_s"]["websocket"],
+            x["deliveries_per_cpu_s_ratio"],
+            x["p99_ms"]["sse"],
+            x["p99_ms"]["websocket"],
+            x["p99_ratio"],
+        ]
+        for x in data.get("sse_vs_websocket", [])
+    ]
     return (
         out
         + "\n\n"
         + report.table(
             ["C", "ev/s x ceiling", "ev/s x naive", "frames/s x ceiling", "frames/s x naive"],
             ratio_rows,
+        )
+        + "\n\n"
+        + report.table(
+            ["C", "phase", "SSE ev/CPU-s", "WS ev/CPU-s", "x", "SSE p99", "WS p99", "x"],
+            sse_rows,
         )
     )
 

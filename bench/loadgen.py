@@ -1,4 +1,5 @@
-"""A load-generator process: many :class:`~bench.wsclient.WSClient` connections.
+"""A load-generator process: many :class:`~bench.wsclient.WSClient` connections
+(or :class:`~bench.sseclient.SSEClient` ones, for ``http://`` URLs: the SSE door).
 
 ``python -m bench.loadgen``; its config is the first JSON line on stdin, then JSON lines:
 
@@ -24,6 +25,7 @@ from array import array
 from typing import Any
 
 from bench.machine import raise_nofile
+from bench.sseclient import SSEClient
 from bench.wsclient import WSClient
 
 MARK = b'"bench_t":'
@@ -47,18 +49,27 @@ class Stats:
         self.total = 0
 
 
-class CountingClient(WSClient):
+class Counting:
+    """Counts events and samples latency per message (a frame, or an SSE chunk)."""
+
+    #: What the first message of a subscription holds, and the end and error marks.
+    SUBSCRIBED = b'"op":"subscribed"'
+    ERROR = b'"op":"error"'
+
     def __init__(self, url: str, stats: Stats) -> None:
-        super().__init__(url)
+        super().__init__(url)  # type: ignore[call-arg]
         self.stats = stats
         self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.finished = False
+
+    def ends(self, data: bytes) -> bool:
+        return data.endswith(b'"}') and b'"op":"end"' in data[-200:]
 
     def on_message(self, data: bytes) -> None:
         now = time.time()
         st = self.stats
         st.frames += 1
-        if not self.subscribed.done() and b'"op":"subscribed"' in data:
+        if not self.subscribed.done() and self.SUBSCRIBED in data:
             self.subscribed.set_result(None)
         parts = data.split(MARK)
         n = len(parts) - 1
@@ -76,15 +87,16 @@ class CountingClient(WSClient):
             for k in range((-base) % stride, n, stride):
                 st.lat_ms.append((now_us - int(parts[k + 1][:STAMP_DIGITS])) / 1000.0)
             st.events = base + n
-        if b'"op":"error"' in data:
+        if self.ERROR in data:
             code = data.partition(b'"code":"')[2].partition(b'"')[0].decode()
             st.errors[code] = st.errors.get(code, 0) + 1
-        if data.endswith(b'"}') and b'"op":"end"' in data[-200:]:
+        if self.ends(data):
             self._finish()
 
     def on_closed(self) -> None:
         if not self.subscribed.done():
-            self.subscribed.set_exception(ConnectionError(f"closed ({self.close_code})"))
+            code = getattr(self, "close_code", None)
+            self.subscribed.set_exception(ConnectionError(f"closed ({code})"))
         self._finish()
 
     def _finish(self) -> None:
@@ -93,6 +105,25 @@ class CountingClient(WSClient):
             self.stats.done += 1
             if self.stats.done >= self.stats.total:
                 self.stats.all_done.set()
+
+
+class CountingClient(Counting, WSClient):
+    pass
+
+
+class CountingSSEClient(Counting, SSEClient):
+    #: The gateway's SSE door starts its body with this comment once subscribed.
+    SUBSCRIBED = b": streamfan\n"
+    ERROR = b"event: error\n"
+
+    def ends(self, data: bytes) -> bool:
+        return b"event: end\n" in data[-100:]
+
+
+def counting_client(url: str, stats: Stats) -> CountingClient | CountingSSEClient:
+    if url.startswith("http"):
+        return CountingSSEClient(url, stats)
+    return CountingClient(url, stats)
 
 
 def emit(message: dict[str, Any]) -> None:
@@ -115,11 +146,13 @@ async def command(reader: asyncio.StreamReader) -> dict[str, Any]:
     return value
 
 
-async def connect_all(clients: list[CountingClient], wait_s: float) -> list[str]:
+async def connect_all(
+    clients: list[CountingClient | CountingSSEClient], wait_s: float
+) -> list[str]:
     """Connect in batches; return the errors of those that failed."""
     errors: list[str] = []
 
-    async def one(c: CountingClient) -> None:
+    async def one(c: CountingClient | CountingSSEClient) -> None:
         try:
             async with asyncio.timeout(wait_s):
                 await c.connect()
@@ -137,7 +170,7 @@ async def main() -> None:
     config = await command(reader)
     raise_nofile()
     stats = Stats(int(config.get("stride", 1)))
-    clients = [CountingClient(url, stats) for url in config["urls"]]
+    clients = [counting_client(url, stats) for url in config["urls"]]
     stats.total = len(clients)
     errors = await connect_all(clients, float(config.get("connect_timeout", 30)))
     emit({"ready": len(clients) - len(errors), "failed": len(errors), "errors": errors[:5]})

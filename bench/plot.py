@@ -20,7 +20,7 @@ from typing import Any
 from bench.report import RESULTS_DIR, progress
 
 IMG_DIR = Path(__file__).resolve().parent.parent / "docs" / "img"
-COLORS = {"streamfan": "#1f77b4", "ceiling": "#2ca02c", "naive": "#d62728"}
+COLORS = {"streamfan": "#1f77b4", "sse": "#9467bd", "ceiling": "#2ca02c", "naive": "#d62728"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

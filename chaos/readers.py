@@ -1,4 +1,8 @@
-"""A chaos reader: one WebSocket subscriber that survives every drop by resuming from its last id.
+"""Chaos readers: subscribers that survive every drop by resuming from their last id.
+
+:class:`Reader` reads over the WebSocket; :class:`SseReader` over the SSE door
+(``GET /streams/{ID}/events``), resuming with ``Last-Event-ID`` as a browser's
+``EventSource`` does.
 
 On any drop — a killed gateway, a ``too_slow`` or ``unavailable`` error, a closed
 socket, or now and then its own choice — it reconnects to a random gateway and
@@ -15,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
+import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
@@ -99,3 +104,63 @@ class Reader:
                         self.log.refusals.append(code)
                         self._refused = True
                     return
+
+
+class SseReader(Reader):
+    """The same reader over ``GET /streams/{ID}/events``; resumes with ``Last-Event-ID``."""
+
+    async def _read(self) -> None:
+        first = True
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=30.0)) as http:
+            while self.log.end_status is None and not self._refused:
+                if not first:
+                    self.log.reconnects += 1
+                    await asyncio.sleep(self._rng.uniform(*BACKOFF_S))  # waits-on-time-ok
+                first = False
+                base = self._rng.choice(list(self._gateways())).replace("ws://", "http://", 1)
+                url = f"{base}/streams/{self.log.stream_id}/events"
+                headers = {"Authorization": f"Bearer {self._token}"}
+                if self.log.received:
+                    headers["Last-Event-ID"] = self.position
+                try:
+                    async with http.stream("GET", url, headers=headers) as response:
+                        if response.status_code in (502, 503, 504):
+                            continue  # no gateway behind the front just now
+                        if response.status_code != 200:
+                            self.log.refusals.append(f"http {response.status_code}")
+                            self._refused = True
+                            return
+                        await self._messages(response)
+                except (httpx.HTTPError, OSError):
+                    continue
+
+    async def _messages(self, response: httpx.Response) -> None:
+        entry_id, kind, data = "", "", ""
+        async for line in response.aiter_lines():
+            if line.startswith(":"):
+                continue
+            if line:
+                name, _, value = line.partition(":")
+                value = value.removeprefix(" ")
+                if name == "id":
+                    entry_id = value
+                elif name == "event":
+                    kind = value
+                elif name == "data":
+                    data = value
+                continue
+            if kind == "end":
+                self.log.end_status = orjson.loads(data).get("status")
+                return
+            if kind == "error":
+                code = str(orjson.loads(data).get("code"))
+                if code not in RESUMABLE:
+                    self.log.refusals.append(code)
+                    self._refused = True
+                return
+            if data:
+                self.log.received.append((entry_id, decode_event(data)))
+                self._progress()
+                if self._rng.random() < SELF_DROP:
+                    return
+            entry_id, kind, data = "", "", ""

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 from chaos import plan as chaos_plan
 from chaos.front import Front
 from chaos.plan import Config, Fault, Job, Plan
-from chaos.readers import Reader
+from chaos.readers import Reader, SseReader
 from chaos.stack import JWT_SECRET, Stack
 from chaos.verdict import ReaderLog, StreamOutcome, Summary, summarise
 from streamfan import Client, RedisUnavailable, Settings
@@ -77,7 +77,9 @@ class Run:
         for r in range(self.config.readers):
             log = ReaderLog(stream_id=job.stream_id, index=r)
             self.logs.append(log)
-            reader = Reader(log, self.entry_points, token,
+            # Every other reader reads over the SSE door instead of the WebSocket.
+            kind = SseReader if r % 2 else Reader
+            reader = kind(log, self.entry_points, token,
                             self.plan.reader_seeds[(job.stream_id, r)])  # fmt: skip
             self.readers.append(asyncio.create_task(reader.run()))
 

@@ -52,9 +52,16 @@ def add_arguments_for(name: str, parser: argparse.ArgumentParser) -> None:
         )
         parser.add_argument("--json", action="store_true", help="print raw events, one per line")
     elif name == "token":
-        parser.add_argument("stream_ids", metavar="ID", nargs="+", help="stream ids, or '*'")
+        parser.add_argument(
+            "stream_ids", metavar="ID", nargs="*", help="stream ids, or '*' (none with --submit)"
+        )
         parser.add_argument("--ttl", type=float, help="lifetime in seconds (STREAMFAN_TOKEN_TTL_S)")
         parser.add_argument("--cancel", action="store_true", help="also allow cancelling")
+        parser.add_argument(
+            "--submit",
+            action="store_true",
+            help="also allow submitting through the gateway's /v1/chat/completions",
+        )
     elif name in ("status", "cancel"):
         parser.add_argument("stream_id", metavar="ID")
     else:  # pragma: no cover - cli/main.py only routes the names above here
@@ -89,7 +96,7 @@ def _print_json(obj: Any, out: TextIO = sys.stdout) -> None:
 
 def _token(settings: Settings, args: argparse.Namespace) -> int:
     client = Client(settings)
-    print(client.token(args.stream_ids, ttl_s=args.ttl, cancel=args.cancel))
+    print(client.token(args.stream_ids, ttl_s=args.ttl, cancel=args.cancel, submit=args.submit))
     return 0
 
 

@@ -277,6 +277,10 @@ def _copy_out(fd: int) -> None:
             _write_out(chunk)
 
 
+#: The demo page's submit token lives this long (seconds): a demo, not a credential.
+DEMO_SUBMIT_TTL_S = 3600.0
+
+
 def _answers_200(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
@@ -290,8 +294,10 @@ async def _demo(settings: Settings, host: str, port: int) -> None:
             {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": DEMO_PROMPT}]}
         )
         token = sf.token(["*"], cancel=True)
+        # The page's prompt box submits through /v1/chat/completions with this one.
+        submit = sf.token([], submit=True, ttl_s=DEMO_SUBMIT_TTL_S)
     print(
-        f"\ndemo page  http://{host}:{port}/?stream={sub.stream_id}&token={token}\n"
+        f"\ndemo page  http://{host}:{port}/?stream={sub.stream_id}&token={token}&submit={submit}\n"
         f"terminal   streamfan tail {sub.stream_id}\n"
         f"submit     streamfan submit 'your prompt' --follow\n"
         "Ctrl-C stops everything.",

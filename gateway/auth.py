@@ -11,25 +11,39 @@
 * ``/streams/{ID}?from=…``: the id and position are checked here too (400), and
   the token must allow the stream (403).
 
+A bearer equal to one of ``STREAMFAN_API_KEYS`` (compared in constant time,
+never logged) is a backend's key: it may read, cancel and submit everything
+(:data:`API_KEY_GRANT`). The HTTP doors (:mod:`gateway.doors`) take the same
+credentials through :func:`credentials`.
+
 No secret configured and ``--insecure-no-auth``: everyone gets
 :data:`~streamfan.tokens.OPEN_GRANT`.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from streamfan.errors import TokenError
+from streamfan.errors import ConfigError, TokenError
 from streamfan.keys import is_valid_stream_id
 from streamfan.positions import FROM_START, parse_position
 from streamfan.settings import Settings
-from streamfan.tokens import OPEN_GRANT, Grant, verify_token
+from streamfan.tokens import ALL_STREAMS, OPEN_GRANT, Grant, verify_token
+
+log = logging.getLogger("gateway.server")
 
 WS_PATH = "/ws"
 STREAMS_PATH = "/streams/"
+
+#: What a key of ``STREAMFAN_API_KEYS`` allows.
+API_KEY_GRANT = Grant(
+    streams=frozenset({ALL_STREAMS}), cancel=True, expires_at=float("inf"), submit=True
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,13 +102,32 @@ def admit(
     return Admission(grant, stream, position)
 
 
+def is_api_key(settings: Settings, token: str) -> bool:
+    presented = token.encode()
+    # Every key is compared, each in constant time: neither the match nor its
+    # position shows in the timing.
+    found = False
+    for key in settings.api_keys:
+        found |= hmac.compare_digest(presented, key.encode())
+    return found
+
+
+def credentials(
+    settings: Settings, query: dict[str, list[str]], header: Callable[[str], str | None]
+) -> Grant | Refusal:
+    """What the request's credential allows (``?token=`` or ``Authorization: Bearer``)."""
+    return _grant(settings, query, header)
+
+
 def _grant(
     settings: Settings, query: dict[str, list[str]], header: Callable[[str], str | None]
 ) -> Grant | Refusal:
+    token = _token(query, header)
+    if token is not None and settings.api_keys and is_api_key(settings, token):
+        return API_KEY_GRANT
     if settings.jwt_secret is None:
         # Only reachable with insecure_no_auth: the gateway refuses to start otherwise.
         return OPEN_GRANT
-    token = _token(query, header)
     if token is None:
         return Refusal(
             HTTPStatus.UNAUTHORIZED,
@@ -104,3 +137,20 @@ def _grant(
         return verify_token(settings.jwt_secret, token)
     except TokenError as exc:
         return Refusal(HTTPStatus.UNAUTHORIZED, str(exc))
+
+
+def require_a_secret(settings: Settings) -> None:
+    """Refuse to serve without a JWT secret, unless told to (and then say so loudly)."""
+    if settings.jwt_secret is not None:
+        return
+    if not settings.insecure_no_auth:
+        raise ConfigError(
+            "STREAMFAN_JWT_SECRET",
+            "the gateway needs a secret to verify tokens; set it, or run with "
+            "--insecure-no-auth (STREAMFAN_INSECURE_NO_AUTH=1) to let anyone read "
+            "and cancel every stream",
+        )
+    log.warning(
+        "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
+        "reach this gateway may read and cancel EVERY stream"
+    )

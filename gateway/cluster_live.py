@@ -26,13 +26,16 @@ import asyncio
 import contextlib
 import logging
 
+import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from gateway.live import Live, LiveListener
+from gateway.live import Live, LiveListener, LiveSource
 from gateway.metrics import Metrics
 from gateway.tuning import Tuning
-from streamfan.cluster import connect_events, detect_cluster, slot
+from streamfan.cluster import EventsRedis, connect_events, detect_cluster, slot
 from streamfan.errors import RedisUnavailable
 from streamfan.keys import Keys
 from streamfan.redis_edge import FAILURES
@@ -256,3 +259,28 @@ async def open_cluster(
     )
     assert isinstance(r, RedisCluster)
     return r, ClusterLive(r, settings.keys, tuning, metrics)
+
+
+async def open_events(
+    settings: Settings, tuning: Tuning, metrics: Metrics, client_name: str
+) -> tuple[EventsRedis, LiveSource, int | None]:
+    """The gateway's read client and live path for the event keys, on a cluster or
+    on one Redis, and how many reads may run at once (None: the pool queues them)."""
+    clustered = await open_cluster(settings, tuning, metrics, client_name)
+    if clustered is not None:
+        # On a cluster the reads wait for a turn in gateway.history, not in a pool.
+        return clustered[0], clustered[1], settings.read_pool_size
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.events_url,
+        max_connections=settings.read_pool_size,
+        timeout=tuning.pool_wait_s,
+        socket_timeout=tuning.redis_read_timeout_s,
+        socket_connect_timeout=tuning.redis_connect_timeout_s,
+        client_name=client_name,
+        # One immediate retry on a fresh connection: after a Redis restart the
+        # pooled sockets are dead, and every read here is idempotent.
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=[redis.exceptions.ConnectionError],
+    )
+    live = Live(settings.events_url, settings.keys, tuning, metrics)
+    return aioredis.Redis(connection_pool=pool), live, None

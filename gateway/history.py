@@ -61,6 +61,14 @@ class History:
             result: list[bytes | None] = await pipe.execute()
         return result
 
+    async def meta_fields(self, stream_id: str, names: Sequence[str]) -> list[bytes | None]:
+        """Some fields of a stream's meta (None for each it lacks), in one round trip."""
+        async with redis_errors():
+            got: list[bytes | None] = await self.r.hmget(  # type: ignore[misc]
+                self.keys.meta(stream_id), list(names)
+            )
+        return got
+
     async def ping(self) -> bool:
         try:
             return bool(await self.r.ping())

@@ -23,10 +23,10 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from gateway.batch import Batch, Sink
 from gateway.history import History
 from gateway.live import LiveSource
 from gateway.metrics import Metrics
-from gateway.peer import Peer, Shared
 from gateway.streams import StreamState, Subscription
 from gateway.tuning import Tuning
 from streamfan import protocol
@@ -49,8 +49,8 @@ class Hub:
         self.metrics = metrics
         self.tuning = tuning
         self.streams: dict[str, StreamState] = {}
-        #: Each socket's subscriptions, by stream id.
-        self.subscriptions: dict[Peer, dict[str, Subscription]] = {}
+        #: Each connection's subscriptions, by stream id.
+        self.subscriptions: dict[Sink, dict[str, Subscription]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop = asyncio.get_running_loop()
 
@@ -82,20 +82,21 @@ class Hub:
     def subscription_count(self) -> int:
         return sum(len(subs) for subs in self.subscriptions.values())
 
-    def subscribe(self, peer: Peer, stream_id: str, position: str) -> None:
+    def subscribe(self, peer: Sink, stream_id: str, position: str) -> Subscription:
         peer.session.add(stream_id)
         st = self._state_for(stream_id)
         sub = Subscription(peer, stream_id, st)
         self.subscriptions.setdefault(peer, {})[stream_id] = sub
         st.pending.add(sub)
         self.spawn(self._subscription(sub, position), name=f"subscribe {stream_id}")
+        return sub
 
-    def unsubscribe(self, peer: Peer, stream_id: str) -> None:
+    def unsubscribe(self, peer: Sink, stream_id: str) -> None:
         sub = self.subscriptions.get(peer, {}).get(stream_id)
         if sub is not None:
             self._release(sub)
 
-    def detach(self, peer: Peer) -> None:
+    def detach(self, peer: Sink) -> None:
         for sub in list(self.subscriptions.get(peer, {}).values()):
             self._release(sub)
         self.subscriptions.pop(peer, None)
@@ -133,16 +134,12 @@ class Hub:
         st.watched.cancel()
         self.live.unwatch(st.stream_id)
 
-    def _finish(self, sub: Subscription, last_message: bytes) -> None:
-        sub.peer.send(last_message, bounded=False)
-        self._release(sub)
-
     def _fail(self, sub: Subscription, code: str, message: str) -> None:
         """End a subscription with an error: the answer to its ``subscribe`` if it
         was not answered yet, else an error that answers nothing."""
         self.metrics.error(code)
-        reply_to = None if sub.answered else protocol.SUBSCRIBE
-        self._finish(sub, protocol.error(sub.stream_id, code, message, reply_to=reply_to))
+        sub.peer.error(sub, code, message, answered=sub.answered)
+        self._release(sub)
 
     # --- one subscriber's way in -------------------------------------------------------------
 
@@ -168,6 +165,8 @@ class Hub:
         meta = await self.history.meta(sid)
         if not sub.active:
             return
+        if meta is not None:
+            sub.state.meta = meta
         if meta is None:
             opened = reader.open(None, ZERO)
         else:
@@ -177,10 +176,7 @@ class Hub:
             return
         # Nothing at or below this position is sent: resuming from it neither
         # skips nor repeats.
-        peer.send(
-            protocol.subscribed(sid, opened.status, format_id(opened.position).decode()),
-            bounded=False,
-        )
+        peer.subscribed(sub, opened.status, format_id(opened.position).decode())
         sub.answered = True
         while sub.active:
             step = reader.step(sub.state)
@@ -196,9 +192,11 @@ class Hub:
                 if step.establish is not None and st.establish(step.establish):
                     self._start_read(st)
                 st.join(sub, step.position)
+                peer.joined(sub)
                 return
             if isinstance(step, End):
-                self._finish(sub, protocol.end(sid, step.status))
+                peer.end(sub, step.status)
+                self._release(sub)
                 return
             assert isinstance(step, Read)  # a reader with a fan-out never waits
             page = await self.history.read_after(
@@ -212,7 +210,8 @@ class Hub:
                 self._fail(sub, out.code, out.message)
                 return
             if isinstance(out, Deliver):
-                self._replay(sub, out)
+                peer.replay(sub, out.entries, out.final_status)
+                self.metrics.events_delivered += len(out.entries)
                 if out.final_status is not None:
                     self._release(sub)  # the terminal event and ``end`` went out
                     return
@@ -221,15 +220,6 @@ class Hub:
                         self.metrics.slow_disconnects += 1
                         peer.cut(CloseCode.TOO_SLOW)
                     return
-
-    def _replay(self, sub: Subscription, out: Deliver) -> None:
-        """Send history to this subscriber alone, paced by the caller (not cut)."""
-        prefix = sub.state.prefix
-        lines = [protocol.event_line(prefix, eid, ev) for eid, ev in out.entries]
-        if out.final_status is not None:
-            lines.append(protocol.end(sub.stream_id, out.final_status))
-        sub.peer.send(protocol.join_lines(lines), bounded=False)
-        self.metrics.events_delivered += len(out.entries)
 
     # --- the live path ------------------------------------------------------------------------
 
@@ -259,18 +249,13 @@ class Hub:
         """Hand a batch newer than the shared position to every live subscriber,
         encoded once (the subscribers that were ahead get their part of it)."""
         entries, status, caught = st.advance(batch)
-        prefix = st.prefix
-        lines = [protocol.event_line(prefix, eid, ev) for eid, ev in entries]
-        end_line = protocol.end(st.stream_id, status) if status is not None else b""
-        if status is not None:
-            lines.append(end_line)
-        shared = Shared(protocol.join_lines(lines))
-        delivered = 0
+        # Encoded at most once per wire format, by the first subscriber of each.
+        out = Batch(st, entries, status)
         for sub in st.in_step:
-            sub.peer.send_shared(shared)
+            sub.peer.deliver(out)
         delivered = len(entries) * len(st.in_step)
         for sub, first in caught:
-            sub.peer.send(protocol.join_lines(lines[first:]) if first < len(entries) else end_line)
+            sub.peer.deliver(out, first)
             delivered += len(entries) - first
         st.promote(caught, len(entries))
         st.activity = self._loop.time()
@@ -287,8 +272,7 @@ class Hub:
             if error is not None:
                 # Only subscribers that were answered long ago are fanned out to.
                 self.metrics.error(error[0])
-                line = protocol.error(st.stream_id, *error, reply_to=None)
-                sub.peer.send(line, bounded=False)
+                sub.peer.error(sub, *error, answered=True)
             self._forget(sub)
         st.in_step.clear()
         st.ahead.clear()

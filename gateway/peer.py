@@ -19,15 +19,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
+from gateway.batch import Batch, Shared
 from gateway.metrics import Metrics
 from gateway.session import Session
+from streamfan import protocol
+from streamfan.page import Entry
 from streamfan.protocol import CLOSE_REASONS, LINE_SEPARATOR, CloseCode
+
+if TYPE_CHECKING:
+    from gateway.streams import StreamState, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -36,42 +43,41 @@ log = logging.getLogger(__name__)
 MAX_FRAME_OUT = 256 * 1024
 
 
-class Shared:
-    """One batch queued on every socket of a stream: the payload, and its wire frame.
+class JsonLines:
+    """The WebSocket's wire format: JSON Lines in text frames (:mod:`streamfan.protocol`)."""
 
-    Server frames are not masked, so the whole frame — header and payload — is
-    the same for every socket: it is serialized once, on first use, and the same
-    bytes are written to each transport.
-    """
+    def entry(self, state: StreamState, entry_id: bytes, event_json: bytes) -> bytes:
+        return protocol.event_line(state.prefix, entry_id, event_json)
 
-    __slots__ = ("_wire", "payload", "run", "size")
+    def end(self, stream_id: str, status: str) -> bytes:
+        return protocol.end(stream_id, status)
 
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-        self.size = len(payload)
-        self._wire: bytes | None = None
-        #: Under load a socket gets several batches in one flush; sockets in step
-        #: get the very same run of batches. The first socket's frame for a run
-        #: ending here is kept for the others: (the run, its wire frame).
-        self.run: tuple[list[bytes | Shared], bytes] | None = None
+    def join(self, messages: list[bytes]) -> bytes:
+        return protocol.join_lines(messages)
 
-    def wire(self) -> bytes:
-        if self._wire is None:
-            self._wire = Frame(Opcode.TEXT, self.payload).serialize(mask=False)
-        return self._wire
+    def frame(self, payload: bytes) -> bytes:
+        # Server frames are not masked, so the whole frame is the same for every socket.
+        return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+
+JSON_LINES = JsonLines()
+
+
+class Flushable(Protocol):
+    def flush(self) -> None: ...
 
 
 class Flusher:
-    """Flushes every socket that got data during this turn of the loop, once."""
+    """Flushes every connection that got data during this turn of the loop, once."""
 
     __slots__ = ("_dirty", "_handle", "_loop")
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._dirty: list[Peer] = []
+        self._dirty: list[Flushable] = []
         self._handle: asyncio.Handle | None = None
 
-    def schedule(self, peer: Peer) -> None:
+    def schedule(self, peer: Flushable) -> None:
         self._dirty.append(peer)
         if self._handle is None:
             self._handle = self._loop.call_soon(self._run)
@@ -140,6 +146,37 @@ class Peer:
 
     def unsent_bytes(self) -> int:
         return self._pending_bytes + self._buffered
+
+    # --- the hub's side (gateway.batch.Sink) ------------------------------------------
+
+    def subscribed(self, sub: Subscription, status: str, last_id: str) -> None:
+        self.send(protocol.subscribed(sub.stream_id, status, last_id), bounded=False)
+
+    def replay(self, sub: Subscription, entries: Sequence[Entry], final_status: str | None) -> None:
+        prefix = sub.state.prefix
+        lines = [protocol.event_line(prefix, eid, ev) for eid, ev in entries]
+        if final_status is not None:
+            lines.append(protocol.end(sub.stream_id, final_status))
+        self.send(protocol.join_lines(lines), bounded=False)
+
+    def joined(self, sub: Subscription) -> None:
+        pass
+
+    def deliver(self, batch: Batch, first: int = 0) -> None:
+        if first == 0:
+            self.send_shared(batch.shared(JSON_LINES))
+        else:
+            self.send(protocol.join_lines(batch.lines(JSON_LINES)[first:]))
+
+    def end(self, sub: Subscription, status: str) -> None:
+        self.send(protocol.end(sub.stream_id, status), bounded=False)
+
+    def error(self, sub: Subscription, code: str, message: str, *, answered: bool) -> None:
+        # An error after ``subscribed`` answers no request any more.
+        reply_to = None if answered else protocol.SUBSCRIBE
+        self.send(protocol.error(sub.stream_id, code, message, reply_to=reply_to), bounded=False)
+
+    # --- writing ---------------------------------------------------------------------
 
     def send(self, data: bytes, *, bounded: bool = True) -> None:
         """Queue ``data`` (one or more JSON lines) for the next flush. Never blocks.
@@ -222,7 +259,7 @@ class Peer:
         if run is not None and run[0] == pending:  # list ==: item identity first
             return run[1]
         data = LINE_SEPARATOR.join(p.payload if isinstance(p, Shared) else p for p in pending)
-        wire = Frame(Opcode.TEXT, data).serialize(mask=False)
+        wire = last.frame(data)
         last.run = (pending, wire)
         return wire
 

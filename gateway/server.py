@@ -23,24 +23,23 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, cluster_live, memory, metrics, wire
+from gateway import auth, cluster_live, doors, memory, metrics, wire
+from gateway.completions import OpenAIDoor
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
-from gateway.live import Live, LiveSource
+from gateway.live import LiveSource
 from gateway.peer import Flusher, Peer
+from gateway.router import router_factory
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
 from streamfan import events, protocol, redact, store
 from streamfan.cluster import EventsRedis
-from streamfan.errors import ConfigError, RedisUnavailable
+from streamfan.errors import RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
 from streamfan.scripts import Reply
 from streamfan.settings import Settings
@@ -77,6 +76,8 @@ class Gateway:
         self._live: LiveSource | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
+        self._doors: doors.Doors | None = None
+        self._openai: OpenAIDoor | None = None
         self._trim = memory.TrimPolicy(
             self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
         )
@@ -88,47 +89,23 @@ class Gateway:
 
     async def start(self) -> Gateway:
         s, t = self.settings, self.tuning
-        if s.jwt_secret is None:
-            if not s.insecure_no_auth:
-                raise ConfigError(
-                    "STREAMFAN_JWT_SECRET",
-                    "the gateway needs a secret to verify tokens; set it, or run with "
-                    "--insecure-no-auth (STREAMFAN_INSECURE_NO_AUTH=1) to let anyone read "
-                    "and cancel every stream",
-                )
-            log.warning(
-                "INSECURE: no STREAMFAN_JWT_SECRET and --insecure-no-auth: ANYONE who can "
-                "reach this gateway may read and cancel EVERY stream"
-            )
+        auth.require_a_secret(s)
         # websockets logs each handshake's request line and headers (?token=,
         # Authorization) at DEBUG on this logger: scrubbed here too, for an
         # application that embeds the gateway with handlers of its own.
         redact.guard(connection_log, s.secrets)
-        clustered = await cluster_live.open_cluster(s, t, self.metrics, READ_CLIENT_NAME)
-        if clustered is not None:
-            self._redis, self._live = clustered
-        else:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                s.events_url,
-                max_connections=s.read_pool_size,
-                timeout=t.pool_wait_s,
-                socket_timeout=t.redis_read_timeout_s,
-                socket_connect_timeout=t.redis_connect_timeout_s,
-                client_name=READ_CLIENT_NAME,
-                # One immediate retry on a fresh connection: after a Redis restart the
-                # pooled sockets are dead, and every read here is idempotent.
-                retry=Retry(NoBackoff(), 1),
-                retry_on_error=[redis.exceptions.ConnectionError],
-            )
-            self._redis = aioredis.Redis(connection_pool=pool)
-            self._live = Live(s.events_url, s.keys, t, self.metrics)
-        # On a cluster the reads wait for a turn here, not in a pool.
-        turns = s.read_pool_size if clustered is not None else None
+        self._redis, self._live, turns = await cluster_live.open_events(
+            s, t, self.metrics, READ_CLIENT_NAME
+        )
         self._history = History(self._redis, s.keys, concurrency=turns)
         self._hub = Hub(self._history, self._live, self.metrics, t)
         self._flusher = Flusher()
         self.metrics.gauges = {
             "open_connections": ("Open WebSocket connections", lambda: len(self.peers)),
+            "http_streams": (
+                "Open streamed responses of the HTTP doors (SSE, /v1 streams)",
+                lambda: len(self._doors.sinks) if self._doors is not None else 0,
+            ),
             "subscriptions": (
                 "Subscriptions held by open connections",
                 lambda: self._hub_().subscription_count(),
@@ -137,6 +114,11 @@ class Gateway:
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
         }
         self._hub.start()
+        self._doors = doors.Doors(
+            doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
+        )
+        self._doors.start()
+        self._openai = OpenAIDoor(self._doors)
         self._hub.spawn(
             memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
             name="reclaim",
@@ -147,7 +129,11 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                create_connection=wire.Connection,
+                # The HTTP doors stream responses, which websockets cannot: a
+                # router reads each connection's first request head and hands
+                # it to the doors or to websockets (gateway/router.py), whose
+                # connection holds early bytes until it has answered (gateway/wire.py).
+                create_connection=router_factory(doors.is_door, self._doors, wire.Connection),
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
                 ping_interval=s.ping_interval_s,
@@ -174,8 +160,12 @@ class Gateway:
         self._stopping = code
         for peer in list(self.peers):
             peer.cut(code)
+        if self._doors is not None:
+            self._doors.stop()
         await server.wait_closed()
         await self._hub_().stop()
+        if self._openai is not None:
+            await self._openai.aclose()
         if isinstance(self._redis, aioredis.Redis):
             await self._redis.aclose(close_connection_pool=True)
         elif self._redis is not None:

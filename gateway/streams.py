@@ -10,16 +10,20 @@ A :class:`Subscription` is one socket's subscription to one stream.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from gateway.peer import Peer
 from streamfan import protocol
 from streamfan.recovery import Fanout
+from streamfan.store import StreamMeta
+
+if TYPE_CHECKING:
+    from gateway.batch import Sink
 
 
 class Subscription:
     __slots__ = ("active", "answered", "peer", "state", "stream_id")
 
-    def __init__(self, peer: Peer, stream_id: str, state: StreamState) -> None:
+    def __init__(self, peer: Sink, stream_id: str, state: StreamState) -> None:
         self.peer = peer
         self.stream_id = stream_id
         self.state = state
@@ -29,7 +33,7 @@ class Subscription:
 
 
 class StreamState(Fanout[Subscription]):
-    __slots__ = ("activity", "prefix", "watched")
+    __slots__ = ("activity", "cache", "meta", "prefix", "watched")
 
     def __init__(self, stream_id: str, watched: asyncio.Task[None]) -> None:
         super().__init__(stream_id=stream_id)
@@ -37,3 +41,7 @@ class StreamState(Fanout[Subscription]):
         #: Done once Redis confirmed the SUBSCRIBE to the stream's channel.
         self.watched = watched
         self.activity = 0.0
+        #: The meta as last read by a subscriber's catch-up (model, created_at).
+        self.meta: StreamMeta | None = None
+        #: What a wire format derives once per stream (a chunk's constant head).
+        self.cache: dict[object, bytes] = {}

@@ -46,6 +46,10 @@ class Tuning:
     safety_poll_down_s: float = 1.0
     #: Streams asked about per round trip by the safety net.
     safety_batch: int = 500
+    #: An HTTP door's streamed response idle this long gets a comment (a keep-alive).
+    http_keepalive_s: float = 15.0
+    #: An HTTP connection with no request in flight this long is closed (keep-alive).
+    http_idle_s: float = 60.0
     #: Check the open connections this often for a trim (:mod:`gateway.memory`)...
     trim_check_s: float = 5.0
     #: ...due once at least this many left since the peak...

@@ -42,6 +42,7 @@ from streamfan.settings import Settings
 from streamfan.store import (
     StreamMeta,
     create_meta,
+    now_ms,
     read_meta,
     request_cancel,
 )
@@ -155,15 +156,21 @@ class Client:
         *,
         stream_id: str | None = None,
         owner: str | None = None,
+        meta_fields: Mapping[str, str] | None = None,
     ) -> Submission:
-        """Write the stream's meta and enqueue its job; idempotent on ``stream_id``."""
+        """Write the stream's meta and enqueue its job; idempotent on ``stream_id``.
+
+        ``meta_fields``: more fields of the stream's meta, written with it (the
+        gateway's OpenAI door records its request digest so)."""
         body = validate_chat_request(dict(request) if isinstance(request, Mapping) else request)
         sid = new_stream_id() if stream_id is None else validate_stream_id(stream_id)
         if owner is not None and not isinstance(owner, str):
             raise StreamfanError("owner must be a string")
         await self.connect()
         assert self._queue is not None
-        created = await create_meta(self.redis, self.keys, sid, model=body["model"], owner=owner)
+        created = await create_meta(
+            self.redis, self.keys, sid, model=body["model"], owner=owner, fields=meta_fields
+        )
         if not created:
             meta = await read_meta(self.redis, self.keys, sid)
             if meta is None or meta.status != events.STATUS_QUEUED:
@@ -171,6 +178,10 @@ class Client:
         # arq answers None when this job id is queued, running or kept as a result:
         # that is the idempotent case (a retried submit after a crash lands here too).
         async with redis_errors():
+            # Indexed before enqueueing: a stream whose job is then lost (or never
+            # enqueued, if this process dies here) is found and ended by the
+            # workers' orphan sweep (worker/sweep.py).
+            await self._queue.zadd(self.keys.open_streams, {sid: now_ms()}, nx=True)
             await self._queue.enqueue_job(JOB_FUNCTION, body, _job_id=sid)
             # Wake an idle worker now rather than at its next poll.
             await self.redis.execute_command("PUBLISH", self.keys.jobs_channel, sid)
@@ -195,9 +206,15 @@ class Client:
         return status
 
     def token(
-        self, stream_ids: Iterable[str], *, ttl_s: float | None = None, cancel: bool = False
+        self,
+        stream_ids: Iterable[str],
+        *,
+        ttl_s: float | None = None,
+        cancel: bool = False,
+        submit: bool = False,
     ) -> str:
-        """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``)."""
+        """Mint a subscribe token (needs ``STREAMFAN_JWT_SECRET``); ``submit``: it may
+        also submit through the gateway's OpenAI-compatible door."""
         if not self.settings.jwt_secret:
             raise TokenError("no JWT secret configured (STREAMFAN_JWT_SECRET)")
         return mint_token(
@@ -205,6 +222,7 @@ class Client:
             stream_ids,
             ttl_s=ttl_s or self.settings.token_ttl_s,
             cancel=cancel,
+            submit=submit,
         )
 
     def _mint(self, stream_ids: list[str]) -> str | None:

@@ -99,6 +99,21 @@ ATTEMPTS_EXHAUSTED: Final = ErrorCode(
     False,
     ("worker/publisher.py",),
 )
+INVALID_JOB: Final = ErrorCode(
+    "invalid_job",
+    "arq could not decode or call the job (a pickled payload, broken JSON, another function,"
+    " unknown or missing arguments); the message names what was wrong, never argument values",
+    False,
+    ("streamfan/serialization.py", "worker/job.py"),
+)
+ORPHANED: Final = ErrorCode(
+    "orphaned",
+    "the job vanished from the queue (a flushed queue, a lost AOF tail, a deleted key, a"
+    " producer that died before enqueueing) while no worker held the stream: found by the"
+    " orphan sweep (the body was in the lost job: submit it again)",
+    True,
+    ("worker/sweep.py",),
+)
 
 #: Every code, in the docs' order.
 TABLE: Final[dict[str, ErrorCode]] = {
@@ -115,6 +130,8 @@ TABLE: Final[dict[str, ErrorCode]] = {
         INVALID_REQUEST,
         TIMEOUT,
         ATTEMPTS_EXHAUSTED,
+        INVALID_JOB,
+        ORPHANED,
     )
 }
 

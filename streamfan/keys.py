@@ -93,6 +93,13 @@ class Keys:
         """Pub/sub channel: a nudge after each enqueue, so idle workers poll at once."""
         return f"{self.prefix}:jobs"
 
+    @property
+    def open_streams(self) -> str:
+        """Sorted set on the queue's Redis: stream ids not known to be finished, scored
+        by when the orphan sweep last looked at them (ms). Not a per-stream key, so it
+        lives beside arq's queue, never on an events Redis Cluster."""
+        return f"{self.prefix}:open"
+
     def stream_id_from_live(self, channel: str) -> str | None:
         """Inverse of :meth:`live`, or None if ``channel`` is not one of ours."""
         head = f"{self.prefix}:{{"
@@ -125,3 +132,8 @@ class Meta:
     #: A next attempt that finds them writes that end instead of generating again.
     FINISHING = "finishing"
     FINISHING_STATUS = "finishing_status"
+    #: Written by the gateway's OpenAI door at submit: the SHA-256 of the request
+    #: (a second submit with its ``Idempotency-Key`` must match it, else 409)...
+    REQUEST_DIGEST = "request_digest"
+    #: ...and whether it asked for the usage chunk (``stream_options.include_usage``).
+    INCLUDE_USAGE = "include_usage"

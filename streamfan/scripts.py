@@ -41,6 +41,7 @@ class Reply:
     GONE = "gone"
     ERR = "err"
     BAD_RECORD = "bad_record"
+    ENDED, HELD = "ended", "held"  # ORPHAN: ended here; an attempt holds it
 
 
 def _upper_attrs(cls: type) -> dict[str, str]:
@@ -116,17 +117,32 @@ end
 local function is_finished(status)
   return FINISHED[status] == true
 end
+
+-- An attempt decided how the stream ends and waited until that was on disk
+-- (STREAMFAN_DURABLE_FINISH, worker/durability.py), but its terminal entry was
+-- lost (an AOF tail cut by a crash): write that end again, rather than generate
+-- a different reply or end it otherwise. Returns the status, or nil if no marker.
+local function finish_from_marker(maxlen, now, retention_ms)
+  local finishing = redis.call('HGET', meta, M_FINISHING)
+  if not finishing then return nil end
+  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
+  append(maxlen, {finishing}, 1, 1)
+  finish(final, now, retention_ms)
+  return final
+end
 """
 )
 
 #: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
-#: ARGV: now_ms, model, owner, queued_ttl_ms
+#: ARGV: now_ms, model, owner, queued_ttl_ms[, field, value]... (more meta fields,
+#: written with the rest: the OpenAI door's request digest, say)
 CREATE: Final = (
     _COMMON
     + r"""
 if redis.call('EXISTS', meta) == 1 then return 0 end
 redis.call('HSET', meta, M_STATUS, S_QUEUED, M_CREATED_AT, ARGV[1], M_UPDATED_AT, ARGV[1],
            M_MODEL, ARGV[2], M_OWNER, ARGV[3], M_ATTEMPT, 0, M_SEQ, 0)
+for i = 5, #ARGV - 1, 2 do redis.call('HSET', meta, ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', meta, ARGV[4])
 return 1
 """
@@ -172,16 +188,8 @@ end
 if is_finished(status) then return {R_FINISHED, status} end
 local holder = redis.call('GET', lease)
 if holder and holder ~= token then return {R_BUSY, redis.call('PTTL', lease)} end
-local finishing = redis.call('HGET', meta, M_FINISHING)
-if finishing then
-  -- An attempt decided how the stream ends and waited until that was on disk
-  -- (STREAMFAN_DURABLE_FINISH), but its terminal entry was lost (an AOF tail cut
-  -- by a crash): write that end again rather than generate a different reply.
-  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
-  append(ARGV[10], {finishing}, 1, 1)
-  finish(final, now, ARGV[9])
-  return {R_FINISHED, final}
-end
+local final = finish_from_marker(ARGV[10], now, ARGV[9])
+if final then return {R_FINISHED, final} end
 if redis.call('HGET', meta, M_CANCEL) then
   append(ARGV[10], {ARGV[8]}, 1, 1)
   finish(S_CANCELLED, now, ARGV[9])
@@ -307,12 +315,22 @@ return replies
 )
 
 #: Worker: extend the lease while still holding it; report a pending cancel.
-#: ARGV: token, lease_ms. Returns {1, cancel_reason_or_empty} or {0, ''} if lost.
+#: ARGV: token, lease_ms, attempt (optional). Returns {1, cancel_reason_or_empty}
+#: or {0, ''} if lost. A lease that lapsed while Redis was away (its TTL runs on
+#: Redis's clock) is taken back by the attempt that still owns the stream.
 RENEW: Final = (
     _COMMON
     + r"""
-if redis.call('GET', lease) ~= ARGV[1] then return {0, ''} end
-redis.call('PEXPIRE', lease, ARGV[2])
+local holder = redis.call('GET', lease)
+if holder ~= ARGV[1] then
+  if holder or not ARGV[3] or redis.call('HGET', meta, M_ATTEMPT) ~= ARGV[3]
+     or redis.call('HGET', meta, M_STATUS) ~= S_RUNNING then
+    return {0, ''}
+  end
+  redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('PEXPIRE', lease, ARGV[2])
+end
 return {1, redis.call('HGET', meta, M_CANCEL) or ''}
 """
 )

@@ -214,15 +214,27 @@ class Settings:
         10.0, "arq health-check interval, seconds", _positive_float
     )
     worker_metrics_port: int = setting(
-        0, "Port of the worker's Prometheus /metrics (0 = off)", _port
+        0, "Port of the worker's /metrics, /healthz and /readyz (0 = off)", _port
+    )
+    redis_timeout_s: float = setting(
+        5.0,
+        "A worker's Redis round trip that takes longer fails and is retried (a hung Redis)",
+        _positive_float,
+    )
+    orphan_sweep_s: float = setting(
+        30.0,
+        "How often each open stream is checked for a lost job (then ends: error orphaned)",
+        _positive_float,
     )
 
     # --- gateway ----------------------------------------------------------------
-    host: str = setting(DEFAULT_HOST, "Gateway listen address", str)
+    host: str = setting(DEFAULT_HOST, "Listen address (gateway; the worker's metrics port)", str)
     port: int = setting(DEFAULT_PORT, "Gateway listen port (0 = pick a free one)", _port)
     insecure_no_auth: bool = setting(False, "Serve without tokens (development only)", _bool)
     allowed_origins: tuple[str, ...] = setting(
-        (), "Comma-separated Origins allowed to open a WebSocket (empty = any)", _csv
+        (),
+        "Comma-separated Origins allowed to open a WebSocket or call an HTTP door (empty = any)",
+        _csv,
     )
     max_subscriptions: int = setting(100, "Subscriptions per connection", _positive_int)
     max_frame_bytes: int = setting(
@@ -241,6 +253,17 @@ class Settings:
     )
     compression: bool = setting(False, "permessage-deflate (off: encode once)", _bool)
     read_pool_size: int = setting(8, "Redis connections for history reads", _positive_int)
+    api_keys: tuple[str, ...] = setting(
+        (),
+        "Comma-separated keys (32+ bytes each) that may submit through /v1/chat/completions",
+        _csv,
+        secret="verified",
+    )
+    submits_per_minute: float = setting(
+        120.0,
+        "Submits per credential per minute on /v1/chat/completions (then 429)",
+        _positive_float,
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -271,13 +294,16 @@ class Settings:
             if f.metadata["secret"] != "verified":
                 continue
             value = getattr(self, f.name)
-            # A setting holding several (a list of API keys) checks each one.
-            for secret in (value,) if isinstance(value, str) else value or ():
+            # A setting holding several (a list of API keys) checks each one, and
+            # says which (never the value: errors are printed and logged).
+            several = not isinstance(value, str)
+            for i, secret in enumerate((value,) if not several else value or (), 1):
                 size = len(secret.encode())
                 if size < MIN_SECRET_BYTES:
+                    which = f"key {i} of" if several else "a secret of"
                     raise ConfigError(
                         ENV_PREFIX + f.name.upper(),
-                        f"a secret of {size} bytes is too short: use {MIN_SECRET_BYTES} or "
+                        f"{which} {size} bytes is too short: use {MIN_SECRET_BYTES} or "
                         "more random bytes (python -c 'import secrets; "
                         "print(secrets.token_urlsafe(32))')",
                     )

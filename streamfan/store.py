@@ -9,6 +9,7 @@ writes live in ``worker.publisher``; the scripts both use are in
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,13 +123,22 @@ async def read_meta(r: EventsRedis, keys: Keys, stream_id: str) -> StreamMeta | 
 
 
 async def create_meta(
-    r: EventsRedis, keys: Keys, stream_id: str, *, model: str, owner: str | None
+    r: EventsRedis,
+    keys: Keys,
+    stream_id: str,
+    *,
+    model: str,
+    owner: str | None,
+    fields: Mapping[str, str] | None = None,
 ) -> bool:
-    """Write a queued stream's meta unless it exists; True if this call created it."""
+    """Write a queued stream's meta unless it exists; True if this call created it.
+
+    ``fields``: more meta fields written in the same step (names from :class:`Meta`)."""
+    extra = [part for item in (fields or {}).items() for part in item]
     async with redis_errors():
         created = await register(r, scripts.CREATE)(
             stream_keys(keys, stream_id),
-            [now_ms(), model, owner or "", int(QUEUED_TTL_S * 1000)],
+            [now_ms(), model, owner or "", int(QUEUED_TTL_S * 1000), *extra],
         )
     return bool(created)
 

@@ -1,7 +1,9 @@
 """Subscribe tokens: HS256 JWTs with a ``streams`` claim.
 
 Claims: ``streams`` (list of stream ids, or ``"*"`` for all), optional
-``cancel: true`` (may cancel those streams), ``exp`` (required). The algorithm
+``cancel: true`` (may cancel those streams), optional ``submit: true`` (may
+submit through the gateway's OpenAI-compatible door, and read and cancel what
+it submitted there), ``exp`` (required). The algorithm
 is pinned to HS256 on both sides, so a token signed with ``none`` or any other
 algorithm is refused.
 """
@@ -28,6 +30,7 @@ class Grant:
     streams: frozenset[str]
     cancel: bool
     expires_at: float
+    submit: bool = False
 
     def can_read(self, stream_id: str) -> bool:
         return ALL_STREAMS in self.streams or stream_id in self.streams
@@ -37,7 +40,9 @@ class Grant:
 
 
 #: What an unauthenticated gateway (``--insecure-no-auth``) grants everyone.
-OPEN_GRANT = Grant(streams=frozenset({ALL_STREAMS}), cancel=True, expires_at=float("inf"))
+OPEN_GRANT = Grant(
+    streams=frozenset({ALL_STREAMS}), cancel=True, expires_at=float("inf"), submit=True
+)
 
 
 def mint_token(
@@ -46,10 +51,11 @@ def mint_token(
     *,
     ttl_s: float = 3600.0,
     cancel: bool = False,
+    submit: bool = False,
     now: float | None = None,
 ) -> str:
     ids = list(streams)
-    if not ids:
+    if not ids and not submit:
         raise TokenError("a token must name at least one stream (or '*')")
     for sid in ids:
         if sid != ALL_STREAMS:
@@ -64,6 +70,8 @@ def mint_token(
     }
     if cancel:
         claims["cancel"] = True
+    if submit:
+        claims["submit"] = True
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -89,4 +97,12 @@ def verify_token(secret: str, token: str, *, leeway_s: float = 0.0) -> Grant:
     cancel = claims.get("cancel", False)
     if not isinstance(cancel, bool):
         raise TokenError("invalid token: claim 'cancel' must be a boolean")
-    return Grant(streams=frozenset(streams), cancel=cancel, expires_at=float(claims["exp"]))
+    submit = claims.get("submit", False)
+    if not isinstance(submit, bool):
+        raise TokenError("invalid token: claim 'submit' must be a boolean")
+    return Grant(
+        streams=frozenset(streams),
+        cancel=cancel,
+        expires_at=float(claims["exp"]),
+        submit=submit,
+    )

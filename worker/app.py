@@ -13,17 +13,24 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from arq import Worker, func
-from arq.connections import RedisSettings
+from arq.connections import ArqRedis, RedisSettings
+from prometheus_client import Gauge
 
 from streamfan import redact
 from streamfan.cluster import connect_events
+from streamfan.errors import RedisUnavailable
 from streamfan.keys import JOB_FUNCTION
+from streamfan.redis_edge import FAILURES
 from streamfan.serialization import job_deserializer, job_serializer
 from streamfan.settings import Settings
+from worker.arqhold import ARQ_IN_PROGRESS_PREFIX
 from worker.control import ControlChannel
+from worker.health import READY_TIMEOUT_S, HealthServer, ping_within
 from worker.job import STATE_KEY, WorkerState, chat_stream
 from worker.metrics import WorkerMetrics
+from worker.outage import BACKOFF_MAX_S, Outage
 from worker.publisher import Publisher
+from worker.sweep import Sweeper
 from worker.upstream import Upstream
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,28 @@ ARQ_MAX_TRIES = 1_000_000
 ARQ_TIMEOUT_MARGIN_S = 60.0
 #: ctx key of the control channel's own client (on a cluster, not the events one).
 CONTROL_REDIS_KEY = "streamfan_control_redis"
+#: Keys of ``ctx`` beside the state: tasks and servers that on_shutdown stops.
+_SERVICES_KEY = "streamfan_services"
+
+
+def _redis_kwargs(s: Settings) -> dict[str, Any]:
+    """Every worker connection times out: a hung Redis must look like a dead one."""
+    return {
+        "socket_timeout": s.redis_timeout_s,
+        "socket_connect_timeout": min(s.redis_timeout_s, 5.0),
+        "health_check_interval": 10,
+    }
+
+
+def queue_pool(s: Settings) -> ArqRedis:
+    """arq's pool on the queue's Redis, with timeouts (arq's own ``create_pool`` sets none)."""
+    pool = aioredis.ConnectionPool.from_url(s.redis_url, **_redis_kwargs(s))
+    return ArqRedis(
+        pool,
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        default_queue_name=s.queue_name,
+    )
 
 
 def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
@@ -45,17 +74,29 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         # However the process was started (``streamfan worker``, ``arq``, an
         # application): the upstream's key is masked in whatever its handlers write.
         redact.install(s.secrets)
-        events_redis = await connect_events(s.events_url, health_check_interval=10)
+        try:
+            events_redis = await connect_events(s.events_url, **_redis_kwargs(s))
+        except RedisUnavailable as exc:
+            # Down at start: taken for one Redis (a cluster is detected only
+            # when its node answers) and ridden out like any other outage.
+            log.warning("events Redis unavailable at start (%s); assuming one Redis", exc)
+            events_redis = aioredis.Redis.from_url(s.events_url, **_redis_kwargs(s))
         queue_redis = ctx["redis"]
+        if s.events_url == s.redis_url:
+            queue_outage = events_outage = Outage("Redis")
+        else:
+            queue_outage, events_outage = Outage("queue Redis"), Outage("events Redis")
         # Cancel requests and job nudges are plain PUBLISH (rare, and for every
         # worker): a cluster forwards them to every node, so one node will do.
         control_redis = (
             events_redis
             if isinstance(events_redis, aioredis.Redis)
-            else aioredis.Redis.from_url(s.events_url, health_check_interval=10)
+            else aioredis.Redis.from_url(s.events_url, **_redis_kwargs(s))
         )
         ctx[CONTROL_REDIS_KEY] = control_redis
-        control = ControlChannel(control_redis, s.keys.cancel_channel, s.keys.jobs_channel)
+        control = ControlChannel(
+            control_redis, s.keys.cancel_channel, s.keys.jobs_channel, outage=events_outage
+        )
         control.start()
         metrics = WorkerMetrics()
         round_trips = metrics.append_round_trips
@@ -63,20 +104,51 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
             settings=s,
             events_redis=events_redis,
             queue_redis=queue_redis,
-            publisher=Publisher(events_redis, s, on_round_trip=lambda _n: round_trips.inc()),
+            publisher=Publisher(
+                events_redis,
+                s,
+                on_round_trip=lambda _n: round_trips.inc(),
+                outage=events_outage,
+            ),
             upstream=Upstream(s),
             control=control,
             metrics=metrics,
+            queue_outage=queue_outage,
         )
-        state: WorkerState = ctx[STATE_KEY]
+        Gauge(
+            "streamfan_worker_redis_up",
+            "1 while this worker's Redis answers (0 during an outage it is riding out)",
+            registry=metrics.registry,
+        ).set_function(lambda: float(queue_outage.up and events_outage.up))
+        sweeper = Sweeper(queue_redis, events_redis, s, queue_outage, events_outage)
+        services: list[Any] = [
+            asyncio.create_task(sweeper.run(), name="streamfan-orphan-sweep"),
+        ]
+        ctx[_SERVICES_KEY] = services
         if s.worker_metrics_port:
-            state.metrics.serve(s.host, s.worker_metrics_port)
-            log.info("worker metrics on http://%s:%d/metrics", s.host, s.worker_metrics_port)
+
+            async def ready() -> str | None:
+                for name, r in (("queue", queue_redis), ("events", events_redis)):
+                    if not await ping_within(r.ping, READY_TIMEOUT_S):
+                        return f"the {name} Redis is unreachable"
+                return None
+
+            health = HealthServer(metrics.registry, ready)
+            port = await health.start(s.host, s.worker_metrics_port)
+            services.append(health)
+            log.info("worker probes and metrics on http://%s:%d/", s.host, port)
         if not s.upstream_api_key:
             log.warning("no upstream API key (STREAMFAN_UPSTREAM_API_KEY / OPENAI_API_KEY)")
         log.info("worker ready: upstream %s, max_jobs %d", s.upstream_base_url, s.worker_max_jobs)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        for service in ctx.pop(_SERVICES_KEY, []):
+            if isinstance(service, asyncio.Task):
+                service.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await service
+            else:
+                await service.stop()
         state: WorkerState | None = ctx.get(STATE_KEY)
         if state is None:
             return
@@ -100,6 +172,7 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
             )
         ],
         "redis_settings": RedisSettings.from_dsn(s.redis_url),
+        "redis_pool": queue_pool(s),
         "queue_name": s.queue_name,
         "max_jobs": s.worker_max_jobs,
         "poll_delay": s.worker_poll_delay_s,
@@ -115,13 +188,22 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
 
 
 class StreamfanWorker(Worker):
-    """arq's Worker, woken by a nudge on ``P:jobs`` instead of waiting for its poll.
+    """arq's Worker, woken by nudges, and riding out Redis outages.
 
-    arq only polls its queue. Polling often enough for a small enqueue-to-start
-    delay is costly (measured: an idle worker spends 12 % of a core polling every
-    5 ms, 1.4 % every 50 ms), so ``streamfan worker`` polls every
-    ``STREAMFAN_WORKER_POLL_DELAY_S`` and also at once when a client nudges it.
-    ``arq worker.WorkerSettings`` runs plain arq: correct, only without nudges.
+    Nudges: arq only polls its queue. Polling often enough for a small
+    enqueue-to-start delay is costly (measured: an idle worker spends 12 % of a
+    core polling every 5 ms, 1.4 % every 50 ms), so ``streamfan worker`` polls
+    every ``STREAMFAN_WORKER_POLL_DELAY_S`` and also at once when a client nudges it.
+
+    Outages: arq lets a failed round trip of its poll, heartbeat or job
+    bookkeeping escape its main loop, which ends the process and cancels every
+    running stream. Here the poll backs off (:mod:`worker.outage`) and tries
+    again; a job whose bookkeeping failed has its in-progress key dropped once
+    Redis answers, so it runs again instead of waiting out arq's job timeout;
+    after an outage, jobs are picked only once running attempts had a moment to
+    renew their leases (see :data:`worker.outage.BACKOFF_MAX_S`).
+
+    ``arq worker.WorkerSettings`` runs plain arq: correct, only without either.
     """
 
     def __init__(self, *args: Any, poll_delay: float = 0.25, **kwargs: Any) -> None:
@@ -131,14 +213,104 @@ class StreamfanWorker(Worker):
         self.fallback_poll_s = poll_delay
         #: Set once started up and polling (tests and embedders wait on it).
         self.ready = asyncio.Event()
+        #: Until startup made the state's: the queue's Redis as seen by the poll.
+        self._outage = Outage("queue Redis")
+        self._poll_failures = 0
+        #: Jobs whose arq bookkeeping failed: their in-progress keys are dropped
+        #: when Redis answers again.
+        self._stranded: set[str] = set()
+
+    @property
+    def queue_outage(self) -> Outage:
+        state: WorkerState | None = self.ctx.get(STATE_KEY)
+        return state.queue_outage if state is not None else self._outage
+
+    async def main(self) -> None:
+        # A worker started during an outage waits for Redis instead of exiting.
+        failures = 0
+        while not await ping_within(self.pool.ping, self.queue_timeout_s):
+            failures += 1
+            self.queue_outage.failed("start-up", ConnectionError("no answer to PING"))
+            await self.queue_outage.pause(failures)
+        self.queue_outage.ok()
+        await super().main()
+
+    @property
+    def queue_timeout_s(self) -> float:
+        timeout = self.pool.connection_pool.connection_kwargs.get("socket_timeout")
+        return float(timeout) if timeout else READY_TIMEOUT_S
 
     async def _poll_iteration(self) -> None:
         state: WorkerState | None = self.ctx.get(STATE_KEY)
         self.ready.set()
-        if state is not None and not self.burst:
+        if state is not None and not self.burst and not self._poll_failures:
             work = state.control.work_available
             if not work.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(work.wait(), self.fallback_poll_s)
             work.clear()
-        await super()._poll_iteration()
+        try:
+            if self._poll_failures:
+                await self._recover()
+            if self._stranded:
+                await self._release_stranded()
+            await super()._poll_iteration()
+        except FAILURES as exc:
+            self._poll_failures += 1
+            self.queue_outage.failed("queue poll", exc)
+            await self.queue_outage.pause(self._poll_failures)
+
+    async def _recover(self) -> None:
+        """Redis answered again: clean up, then leave running attempts a moment to
+        renew their leases (theirs lapsed if the outage was longer) before picking
+        jobs, or this poll would start them a second time."""
+        await self.pool.ping()
+        self.queue_outage.ok()
+        self._poll_failures = 0
+        await asyncio.sleep(BACKOFF_MAX_S)
+
+    async def _release_stranded(self) -> None:
+        stranded, self._stranded = self._stranded, set()
+        try:
+            async with self.pool.pipeline(transaction=False) as pipe:
+                for job_id in stranded:
+                    pipe.pexpire(ARQ_IN_PROGRESS_PREFIX + job_id, 1)
+                await pipe.execute()
+        except BaseException:
+            self._stranded |= stranded
+            raise
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except FAILURES:
+                # arq counts the job as started before its check (WATCH, EXISTS,
+                # ZSCORE: sent at once) and gives the slot back only on a
+                # WatchError or ResponseError; a dead connection here leaked it.
+                self.job_counter -= 1
+                self.sem.release()
+                raise
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        except FAILURES as exc:
+            # arq's bookkeeping before or after the call failed: the job is still
+            # in the queue (and the stream knows how far it got), but arq's
+            # in-progress key would keep it from running for arq's whole timeout.
+            self.queue_outage.failed(f"job {job_id}", exc)
+            self._stranded.add(job_id)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        except FAILURES as exc:
+            # arq's close deletes its health key first; with Redis away that
+            # fails, and arq would skip closing everything else.
+            log.warning("closing with Redis unreachable (%s): %s", type(exc).__name__, exc)
+            if self.on_shutdown is not None:
+                await self.on_shutdown(self.ctx)
+            if self._pool is not None:
+                await self._pool.aclose(close_connection_pool=True)
+                self._pool = None

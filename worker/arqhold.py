@@ -41,12 +41,18 @@ class ArqHold:
         self.score = score
         self.lease_ms = lease_ms
 
-    async def renew(self) -> None:
-        """Hold the job for another lease (one round trip)."""
+    async def renew(self, *, track: str | None = None) -> None:
+        """Hold the job for another lease (one round trip); ``track``: also add the
+        stream to that open-streams index unless it is there (``worker/sweep.py``)."""
+        now = _now_ms()
         async with self.r.pipeline(transaction=False) as pipe:
             # XX: never re-add a job that arq already finished and removed.
-            pipe.zadd(self.queue, {self.job_id: _now_ms() + self.lease_ms}, xx=True)
-            pipe.pexpire(ARQ_IN_PROGRESS_PREFIX + self.job_id, self.lease_ms)
+            pipe.zadd(self.queue, {self.job_id: now + self.lease_ms}, xx=True)
+            # SET, not PEXPIRE: after a Redis outage longer than the lease the key
+            # has expired, and another worker's poll would start the job again.
+            pipe.set(ARQ_IN_PROGRESS_PREFIX + self.job_id, b"1", px=self.lease_ms)
+            if track is not None:
+                pipe.zadd(track, {self.job_id: now}, nx=True)
             async with redis_errors():
                 await pipe.execute()
 

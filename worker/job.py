@@ -43,10 +43,12 @@ from streamfan.events import Event
 from streamfan.keys import is_valid_stream_id
 from streamfan.requests import streaming_body, validate_chat_request
 from streamfan.scripts import Reply
+from streamfan.serialization import job_arguments
 from streamfan.settings import Settings
 from worker.arqhold import ArqHold
 from worker.control import ControlChannel
 from worker.metrics import WorkerMetrics
+from worker.outage import Outage
 from worker.publisher import (
     AttemptWriter,
     Claim,
@@ -85,6 +87,8 @@ class WorkerState:
     control: ControlChannel
     metrics: WorkerMetrics = field(default_factory=WorkerMetrics)
     worker_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    #: The queue's Redis as this process sees it (the events Redis is the publisher's).
+    queue_outage: Outage = field(default_factory=lambda: Outage("queue Redis"))
 
 
 def backoff_s(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -102,15 +106,24 @@ def error_event(exc: UpstreamError) -> Event:
     )
 
 
-async def chat_stream(ctx: dict[str, Any], body: Any) -> str:
-    """The arq job function. Returns the stream's status when this attempt stops."""
+async def chat_stream(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> str:
+    """The arq job function. Returns the stream's status when this attempt stops.
+
+    A job is ``chat_stream(body)``. Anything else — arguments arq would refuse to
+    call us with, or a job :func:`~streamfan.serialization.job_deserializer`
+    could not decode — ends its stream with ``error`` ``invalid_job`` instead of
+    leaving it queued with no terminal event.
+    """
     state: WorkerState = ctx[STATE_KEY]
     stream_id = str(ctx["job_id"])
     if not is_valid_stream_id(stream_id):
         log.error("job id %r is not a valid stream id; dropping the job", stream_id)
         return "invalid_id"
+    body, problem = job_arguments(args, kwargs)
     score = ctx.get("score")
-    return await Attempt(state, stream_id, body, score=int(score) if score else None).run()
+    attempt = Attempt(state, stream_id, body, score=int(score) if score else None)
+    attempt.invalid_job = problem
+    return await attempt.run()
 
 
 class Attempt:
@@ -131,6 +144,9 @@ class Attempt:
         self.model = body.get("model") if isinstance(body, dict) else None
         self.token = f"{state.worker_id}:{uuid.uuid4().hex[:8]}"
         self.writer: AttemptWriter | None = None
+        self.attempt = 0
+        #: Why this job cannot run at all (see :func:`chat_stream`), if it cannot.
+        self.invalid_job: str | None = None
 
     async def run(self) -> str:
         sid = self.stream_id
@@ -147,11 +163,20 @@ class Attempt:
             log.info("stream %s: not run (%s)", sid, claim.outcome)
             return claim.status or claim.outcome
         self.writer = pub.writer(sid, claim.attempt)
+        self.attempt = claim.attempt
+        if self.invalid_job is not None:
+            log.error("stream %s: invalid job: %s", sid, self.invalid_job)
+            return await self._finish(
+                events.error(
+                    codes.INVALID_JOB.code, self.invalid_job, retryable=codes.INVALID_JOB.retryable
+                )
+            )
         log.info("stream %s: attempt %d started", sid, claim.attempt)
         # Out of arq's polls, and under our lease instead of arq's job timeout
-        # (see worker/arqhold.py).
+        # (see worker/arqhold.py); and in the open-streams index, for a job
+        # enqueued without the client API (see worker/sweep.py).
         try:
-            await self.hold.renew()
+            await self.hold.renew(track=self.settings.keys.open_streams)
         except Exception as exc:  # the lease loop retries this every lease_s / 3
             log.warning("stream %s: cannot hold the arq job: %s", sid, exc)
         metrics = self.state.metrics
@@ -278,20 +303,39 @@ class Attempt:
         await self.hold.release()
 
     async def _keep_lease(self) -> Event:
-        """Renew the lease and arq's in-progress key; return/raise when the attempt must stop."""
+        """Renew the lease and arq's in-progress key; return/raise when the attempt must stop.
+
+        Through a Redis outage it keeps trying (backing off with the writes), and
+        renews at once when Redis is back, taking back a lease that lapsed
+        meanwhile if no other attempt began.
+        """
         pub = self.state.publisher
         interval = self.settings.lease_s / 3
+        failures = 0
         while True:
-            await asyncio.sleep(interval)
+            if failures:
+                await pub.outage.pause(failures)
+            else:
+                await asyncio.sleep(interval)
             try:
-                held, reason = await pub.renew(self.stream_id, self.token)
-                await self.hold.renew()
-            except RedisUnavailable:
-                continue  # the writes will fail too and decide; keep trying
+                held, reason = await pub.renew(self.stream_id, self.token, attempt=self.attempt)
+            except RedisUnavailable as exc:
+                pub.outage.failed(f"stream {self.stream_id}: lease", exc)
+                failures += 1
+                continue
+            pub.outage.ok()
+            failures = 0
             if not held:
                 raise LeaseLost(f"stream {self.stream_id}: lease lost")
             if reason:
                 raise _Cancelled(reason)
+            try:
+                await self.hold.renew()
+            except RedisUnavailable as exc:
+                # The job stays held by its score until the next renewal.
+                self.state.queue_outage.failed(f"stream {self.stream_id}: arq hold", exc)
+            else:
+                self.state.queue_outage.ok()
 
     async def _stream(self, claim: Claim) -> Event:
         """Call the upstream and write its events; return the terminal event."""

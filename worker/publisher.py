@@ -34,11 +34,9 @@ from streamfan.settings import DURABLE_OFF, Settings
 from streamfan.store import now_ms, stream_keys
 from worker.batcher import AppendBatcher, record
 from worker.durability import DurabilityBarrier, Outcome
+from worker.outage import Outage
 
 log = logging.getLogger(__name__)
-
-#: How often a failed write is retried (with the same seq, so nothing doubles).
-WRITE_TRIES = 3
 
 
 class PublishError(StreamfanError):
@@ -79,9 +77,15 @@ class Publisher:
         settings: Settings,
         *,
         on_round_trip: Callable[[int], None] | None = None,
+        outage: Outage | None = None,
     ) -> None:
-        """``on_round_trip(n)`` is called for each batched append round trip of n streams."""
+        """``on_round_trip(n)`` is called for each batched append round trip of n streams.
+
+        ``outage`` is the events Redis as this process sees it: writes wait out
+        an outage on it (see :meth:`AttemptWriter.write`).
+        """
         self.r = r
+        self.outage = outage or Outage("events Redis")
         self.settings = settings
         self.keys: Keys = settings.keys
         self._begin = register(r, scripts.BEGIN)
@@ -145,13 +149,23 @@ class Publisher:
         return Claim(outcome)
 
     async def renew(
-        self, stream_id: str, token: str, *, lease_ms: int | None = None
+        self,
+        stream_id: str,
+        token: str,
+        *,
+        lease_ms: int | None = None,
+        attempt: int | None = None,
     ) -> tuple[bool, str]:
-        """Extend the lease. Returns (still held, pending cancel reason or '')."""
+        """Extend the lease. Returns (still held, pending cancel reason or '').
+
+        With ``attempt``, a lease that lapsed (Redis was away longer than it) is
+        taken back if that attempt still owns the stream.
+        """
+        args: list[Any] = [token, lease_ms or self.lease_ms]
+        if attempt is not None:
+            args.append(attempt)
         async with redis_errors():
-            held, cancel = await self._renew(
-                stream_keys(self.keys, stream_id), [token, lease_ms or self.lease_ms]
-            )
+            held, cancel = await self._renew(stream_keys(self.keys, stream_id), args)
         return bool(int(held)), _s(cancel)
 
     def writer(self, stream_id: str, attempt: int) -> AttemptWriter:
@@ -188,7 +202,9 @@ class AttemptWriter:
         # After an interrupted write the position is unknown: let the script
         # append after whatever is there rather than skip what may be new.
         seq: int | str = "" if self._unsure else self.seq
-        for tries in range(1, WRITE_TRIES + 1):
+        outage = self.publisher.outage
+        failures = 0
+        while True:
             try:
                 async with redis_errors():
                     res = await self._send(batch, seq, final_status, meta)
@@ -199,18 +215,22 @@ class AttemptWriter:
                 raise
             except RedisUnavailable as exc:
                 # The script may or may not have run: retrying with the same seq
-                # is safe, the script skips what it already wrote. (So is a
-                # caller's retry of the same batch after RedisUnavailable.) One
+                # is safe, the script skips what it already wrote. So the write
+                # waits out an outage of any length (the upstream connection
+                # stays open meanwhile; the job's deadline still bounds it). One
                 # not translated from redis-py (a closed batcher) cannot get better.
-                if tries == WRITE_TRIES or exc.__cause__ is None:
+                if exc.__cause__ is None:
                     raise
-                log.warning("stream %s: write failed (%s), retrying", self.stream_id, exc)
+                outage.failed(f"stream {self.stream_id}: append", exc)
+                failures += 1
+                await outage.pause(failures)
             except asyncio.CancelledError:
                 # Cancelled mid-call: whether the script ran is unknown, and the
                 # next write will be a different batch (the terminal event), which
                 # must not be skipped as if it were this one.
                 self._unsure = True
                 raise
+        outage.ok()
         outcome = _s(res[0])
         self._unsure = False
         if outcome == Reply.OK:

@@ -25,6 +25,14 @@
  * subscription after the last entry id it saw (before its first event: after
  * the "last_id" its "subscribed" gave); ids at or below that are dropped, so a
  * reply is never lost nor doubled across drops and restarts.
+ *
+ * Why a WebSocket and not EventSource, which the gateway also serves
+ * (GET /streams/{ID}/events resumes by itself with Last-Event-ID): one socket
+ * carries every stream a page follows and the cancel op, where EventSource
+ * takes one HTTP connection per stream (browsers allow six per origin over
+ * HTTP/1.1) and cannot send anything back. A page that reads one stream and
+ * never cancels needs no library at all: new EventSource(url) is enough (the
+ * demo page's second reader is one).
  */
 (function (root) {
   "use strict";
@@ -496,6 +504,18 @@
       if (this._isOpen()) this._sendCancel(streamId);
       else this._ensureConnecting();
       return promise;
+    }
+
+    /**
+     * Drop the connection as a network failure would (for demos and tests): the
+     * socket is abandoned without a close handshake, the client reconnects with
+     * its usual backoff and resumes every subscription after its last id.
+     */
+    drop() {
+      const conn = this._conn;
+      if (!conn || this._closed) return;
+      this._dispose(conn, 4000, "dropped by the page");
+      this._onClose(conn, 1006, "dropped by the page");
     }
 
     /** Close for good: no reconnect; every subscription ends (status "closed"). */

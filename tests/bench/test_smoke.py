@@ -33,7 +33,9 @@ def run(scenario: str, out: Path, redis_url: str, flags: str) -> dict[str, Any]:
     return data
 
 
-def test_fanout_measures_streamfan_and_both_baselines(tmp_path: Path, redis_url: str) -> None:
+def test_fanout_measures_streamfan_its_sse_door_and_both_baselines(
+    tmp_path: Path, redis_url: str
+) -> None:
     data = run(
         "fanout",
         tmp_path,
@@ -43,7 +45,10 @@ def test_fanout_measures_streamfan_and_both_baselines(tmp_path: Path, redis_url:
     )
     rows = data["rows"]
     assert {(r["server"], r["phase"]) for r in rows} == {
-        (s, p) for s in ("streamfan", "ceiling", "naive") for p in ("max", "half", "fixed")
+        (s, p) for s in ("streamfan", "sse", "ceiling", "naive") for p in ("max", "half", "fixed")
+    }
+    assert {(x["clients_per_stream"], x["phase"]) for x in data["sse_vs_websocket"]} == {
+        (2, p) for p in ("max", "half", "fixed")
     }
     for r in rows:
         assert r["delivered"] == r["expected"] > 0

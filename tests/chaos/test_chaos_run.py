@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-#: The process faults of the suite's run. Redis kills and pauses join them once the
-#: workers ride out a Redis outage (today a worker exits when Redis goes away).
-FAULTS = ("kill_worker", "kill_gateway", "kill_pubsub")
+#: The process faults of the suite's run: every kind, Redis killed and paused too
+#: (workers and gateways ride a Redis outage out; an exit fails the run).
+FAULTS = ("kill_worker", "kill_gateway", "kill_pubsub", "kill_redis", "pause_redis")
 
 
 def test_a_short_seeded_chaos_run_keeps_every_reader_exact(tmp_path: Path) -> None:

@@ -112,6 +112,17 @@ async def test_token_mints_a_token_for_the_given_streams(settings: Settings) -> 
     assert grant.can_cancel("a") and grant.can_read("b") and not grant.can_read("c")
 
 
+async def test_token_submit_mints_a_token_that_may_submit_and_names_no_stream(
+    settings: Settings,
+) -> None:
+    ran = await streamfan(settings, "token", "--submit")
+    assert settings.jwt_secret is not None
+    grant = verify_token(settings.jwt_secret, ran.out.strip())
+    assert grant.submit and not grant.can_read("a") and not grant.cancel
+    bare = await streamfan(settings, "token", "a")
+    assert not verify_token(settings.jwt_secret, bare.out.strip()).submit
+
+
 @pytest.mark.parametrize(
     ("args", "env", "words"),
     [
@@ -121,6 +132,8 @@ async def test_token_mints_a_token_for_the_given_streams(settings: Settings) -> 
         (["status", "bad id"], {}, ["invalid stream id"]),
         (["tail", "abc", "--from", "yesterday"], {}, ["invalid position"]),
         (["token", "a"], {"STREAMFAN_JWT_SECRET": ""}, ["STREAMFAN_JWT_SECRET"]),
+        (["token"], {}, ["at least one stream"]),
+        (["gateway"], {"STREAMFAN_API_KEYS": "short"}, ["STREAMFAN_API_KEYS", "32"]),
         (["status", "abc"], {"STREAMFAN_REDIS_URL": "redis://127.0.0.1:9/0"}, ["Redis"]),
         (["submit", "hi"], {"STREAMFAN_REDIS_URL": "redis://127.0.0.1:9/0"}, ["Redis"]),
         (["status", "abc"], {"STREAMFAN_MAXLEN": "lots"}, ["STREAMFAN_MAXLEN"]),

@@ -67,6 +67,38 @@ def test_the_kubernetes_gateway_probes_readyz_and_healthz() -> None:
         assert {"apiVersion", "kind", "metadata"} <= doc.keys()
 
 
+def test_every_long_running_compose_service_restarts_when_its_process_exits() -> None:
+    services = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())["services"]
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_the_worker_readiness_probes_in_compose_and_kubernetes_ask_its_readyz() -> None:
+    services = yaml.safe_load((ROOT / "deploy/compose.yaml").read_text())["services"]
+    worker = services["worker"]
+    port = worker["environment"]["STREAMFAN_WORKER_METRICS_PORT"]
+    assert f":{port}/readyz" in " ".join(worker["healthcheck"]["test"])
+    assert worker["environment"]["STREAMFAN_HOST"] == "0.0.0.0"
+    docs = list(yaml.safe_load_all((ROOT / "deploy/k8s/worker.yaml").read_text()))
+    container = docs[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STREAMFAN_HOST"] == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["probes"] == int(env["STREAMFAN_WORKER_METRICS_PORT"])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+
+
+def test_no_liveness_probe_asks_readyz_so_a_redis_outage_never_restarts_a_pod() -> None:
+    for path in sorted((ROOT / "deploy/k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "Deployment":
+                continue
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                live = container.get("livenessProbe", {}).get("httpGet", {})
+                assert live.get("path") != "/readyz", f"{path.name}: {container['name']}"
+
+
 def test_the_grafana_dashboard_queries_only_metrics_that_exist() -> None:
     import orjson
 

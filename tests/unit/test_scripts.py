@@ -13,13 +13,14 @@ import re
 import pytest
 import redis.asyncio
 
-from streamfan import events, scripts
+from streamfan import events, orphans, scripts
 from streamfan.keys import EVENT_FIELD, Keys, Meta
 from streamfan.positions import ZERO_RAW
 
 SCRIPTS = {
     name: value
-    for name, value in vars(scripts).items()
+    for module in (scripts, orphans)
+    for name, value in vars(module).items()
     if name.isupper()
     and not name.startswith("_")
     and isinstance(value, str)
@@ -63,6 +64,7 @@ def prelude_names() -> set[str]:
 
 def test_the_script_list_is_complete() -> None:
     expected = {"CREATE", "CANCEL", "BEGIN", "APPEND", "APPEND_MANY", "RENEW", "READ_PAGE"}
+    expected |= {"ORPHAN", "CLAIM_DUE"}  # streamfan/orphans.py
     assert set(SCRIPTS) == expected
 
 

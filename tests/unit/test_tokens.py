@@ -104,3 +104,14 @@ def test_minting_needs_a_secret_and_at_least_one_valid_stream() -> None:
         mint_token("", ["s"])
     with pytest.raises(InvalidStreamId):
         mint_token(SECRET, ["bad id"])
+
+
+def test_the_submit_claim_is_a_boolean_and_lets_a_token_name_no_stream() -> None:
+    grant = verify_token(SECRET, mint_token(SECRET, [], submit=True))
+    assert grant.submit and grant.streams == frozenset() and not grant.can_read("s")
+    assert not verify_token(SECRET, mint_token(SECRET, ["s"])).submit
+    token = jwt.encode(
+        {"streams": [], "submit": "yes", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
+    )
+    with pytest.raises(TokenError, match="submit"):
+        verify_token(SECRET, token)
