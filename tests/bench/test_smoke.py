@@ -110,7 +110,8 @@ def test_ingest_and_fanout_run_with_the_events_on_a_cluster(tmp_path: Path, redi
         "--redis cluster --clients 2 --streams 3 --client-procs 1 --min-events 30 "
         "--max-events 30 --half-seconds 0.5 --fixed-rate 0 --deadline 20",
     )
-    assert {r["server"] for r in data["rows"]} == {"streamfan", "ceiling"}
+    servers = {r["server"] for r in data["rows"]}
+    assert {"streamfan", "ceiling"} <= servers and "naive" not in servers
     for r in data["rows"]:
         assert r["delivered"] == r["expected"] > 0
         if r["server"] == "streamfan":
