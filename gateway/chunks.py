@@ -63,6 +63,8 @@ class Chunks:
     """The format; one instance per ``include_usage`` choice (each is encoded once)."""
 
     content_type = sse.CONTENT_TYPE
+    #: Every refusal is a status: the SDKs retry a 503 by themselves.
+    in_band: frozenset[str] = frozenset()
 
     def __init__(self, include_usage: bool) -> None:
         self.include_usage = include_usage

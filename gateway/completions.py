@@ -69,8 +69,13 @@ class OpenAIDoor:
         self.doors = doors
         self.ctx = doors.ctx
         self._client: Client | None = None
+        #: Submits in flight at once: each holds a connection of the client's pools
+        #: (unbounded in redis-py and arq), so this bounds the gateway's connections
+        #: to the queue's Redis whatever the number of submitters.
+        self._submitting = asyncio.Semaphore(self.ctx.settings.read_pool_size)
         self._buckets: dict[str, TokenBucket] = {}
         doors.v1 = self.handle
+        doors.closers.append(self.aclose)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -160,7 +165,8 @@ class OpenAIDoor:
         digest = request_digest(body)
         fields = {Meta.REQUEST_DIGEST: digest, Meta.INCLUDE_USAGE: "1" if include_usage else "0"}
         try:
-            sub = await self._submitter().submit(job, stream_id=sid, meta_fields=fields)
+            async with self._submitting:
+                sub = await self._submitter().submit(job, stream_id=sid, meta_fields=fields)
             if not sub.created:
                 (known,) = await self.ctx.history.meta_fields(sid, [Meta.REQUEST_DIGEST])
                 if known is None or known.decode() != digest:

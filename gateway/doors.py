@@ -124,9 +124,17 @@ class Doors:
         #: ``/v1/…`` (the OpenAI-compatible door, :mod:`gateway.completions`, which
         #: builds on this module and mounts itself here).
         self.v1: Callable[[Exchange], Awaitable[None]] | None = None
+        #: Awaited by :meth:`aclose` (a mounted door's own resources).
+        self.closers: list[Callable[[], Awaitable[None]]] = []
 
-    def start(self) -> None:
+    def start(self) -> Doors:
         self.ctx.hub.spawn(self._keepalive(), name="http keep-alive")
+        return self
+
+    async def aclose(self) -> None:
+        """After :meth:`stop`: what the mounted doors hold (the submitter's pools)."""
+        for close in self.closers:
+            await close()
 
     def stop(self) -> None:
         for sink in list(self.sinks):
@@ -196,7 +204,8 @@ class Doors:
             self.ctx.metrics,
             send_buffer_bytes=s.send_buffer_bytes,
             close_timeout_s=self.ctx.tuning.close_timeout_s,
-            headers=[*headers, *self.cors(ex)],
+            # X-Accel-Buffering: a proxy (nginx) must pass each chunk on at once.
+            headers=[*headers, ("X-Accel-Buffering", "no"), *self.cors(ex)],
             refuse=lambda e, code, message: self.fail(e, code, message),
             on_cut=self._done,
         )
@@ -289,8 +298,7 @@ class Doors:
         if not grant.can_read(stream_id):
             self.fail(ex, protocol.FORBIDDEN, f"token does not allow stream {stream_id!r}")
             return
-        headers = [("X-Accel-Buffering", "no")]
-        self.stream(ex, grant, stream_id, position, sse.EVENT_STREAM, headers)
+        self.stream(ex, grant, stream_id, position, sse.EVENT_STREAM, [])
 
     # --- GET /streams/{ID} --------------------------------------------------------------------
 

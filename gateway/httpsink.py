@@ -40,6 +40,10 @@ class HttpCodec(Codec, Protocol):
     """A door's format: a :class:`~gateway.batch.Codec` and its response's edges."""
 
     content_type: str
+    #: Refusals before the first byte sent as a 200 whose body is only the failure
+    #: message: a browser's EventSource gives up for good on any other status, but
+    #: retries (resuming) after a response that ended.
+    in_band: frozenset[str]
 
     def preamble(self) -> bytes:
         """The first bytes of the body."""
@@ -158,9 +162,11 @@ class HttpSink:
         if self.closing:
             return
         if not self.exchange.started:
-            self.closing = True
-            self._refuse(self.exchange, code, message)
-            return
+            if code not in self.codec.in_band:
+                self.closing = True
+                self._refuse(self.exchange, code, message)
+                return
+            self.exchange.start(200, self.codec.content_type, self.headers)
         self.send(self.codec.failure(code, message), bounded=False)
         self.finish()
 

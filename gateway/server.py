@@ -77,7 +77,6 @@ class Gateway:
         self._history: History | None = None
         self._flusher: Flusher | None = None
         self._doors: doors.Doors | None = None
-        self._openai: OpenAIDoor | None = None
         self._trim = memory.TrimPolicy(
             self.tuning.trim_min_drop, self.tuning.trim_fraction, self.tuning.trim_max_open
         )
@@ -114,11 +113,9 @@ class Gateway:
             "redis_up": ("1 while the pub/sub connection is up", lambda: float(self._live_().up)),
         }
         self._hub.start()
-        self._doors = doors.Doors(
-            doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
-        )
-        self._doors.start()
-        self._openai = OpenAIDoor(self._doors)
+        ctx = doors.Context(s, t, self._hub, self._history, self.metrics, self._flusher)
+        self._doors = doors.Doors(ctx).start()
+        OpenAIDoor(self._doors)  # mounts itself on /v1
         self._hub.spawn(
             memory.reclaim(lambda: len(self.peers), self._trim, t.trim_check_s, self.metrics),
             name="reclaim",
@@ -129,10 +126,8 @@ class Gateway:
                 s.host,
                 s.port,
                 process_request=self._process_request,
-                # The HTTP doors stream responses, which websockets cannot: a
-                # router reads each connection's first request head and hands
-                # it to the doors or to websockets (gateway/router.py), whose
-                # connection holds early bytes until it has answered (gateway/wire.py).
+                # The doors stream responses, which websockets cannot: a router hands
+                # each connection to them or to websockets (gateway/router.py, wire.py).
                 create_connection=router_factory(doors.is_door, self._doors, wire.Connection),
                 compression="deflate" if s.compression else None,
                 open_timeout=s.handshake_timeout_s,
@@ -164,8 +159,8 @@ class Gateway:
             self._doors.stop()
         await server.wait_closed()
         await self._hub_().stop()
-        if self._openai is not None:
-            await self._openai.aclose()
+        if self._doors is not None:
+            await self._doors.aclose()
         if isinstance(self._redis, aioredis.Redis):
             await self._redis.aclose(close_connection_pool=True)
         elif self._redis is not None:

@@ -36,6 +36,8 @@ KEEPALIVE: Final = b": keep-alive\n\n"
 #: (No ``retry:`` field: a block without ``data`` is one that some clients,
 #: httpx-sse among them, hand on as an empty message.)
 PREAMBLE: Final = b": streamfan\n\n"
+#: After ``unavailable``, EventSource waits this long (ms) before it reconnects.
+UNAVAILABLE_RETRY_MS: Final = 2000
 END_EVENT: Final = "end"
 ERROR_EVENT: Final = "error"
 
@@ -46,7 +48,8 @@ def message(event: str, data: bytes, entry_id: bytes | None = None) -> bytes:
 
 
 def error(code: str, text: str) -> bytes:
-    return message(ERROR_EVENT, orjson.dumps({"code": code, "message": text}))
+    head = b"retry: %d\n" % UNAVAILABLE_RETRY_MS if code == protocol.UNAVAILABLE else b""
+    return head + message(ERROR_EVENT, orjson.dumps({"code": code, "message": text}))
 
 
 def _safe(name: str | None) -> str:
@@ -59,6 +62,8 @@ class EventStream:
     """:class:`gateway.httpsink.HttpCodec` of ``GET /streams/{ID}/events``."""
 
     content_type = CONTENT_TYPE
+    #: Redis is down: say so in the stream, and the browser's EventSource retries.
+    in_band = frozenset({protocol.UNAVAILABLE})
 
     def preamble(self) -> bytes:
         return PREAMBLE

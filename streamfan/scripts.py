@@ -118,24 +118,20 @@ local function is_finished(status)
   return FINISHED[status] == true
 end
 
--- An attempt decided how the stream ends and waited until that was on disk
--- (STREAMFAN_DURABLE_FINISH, worker/durability.py), but its terminal entry was
--- lost (an AOF tail cut by a crash): write that end again, rather than generate
--- a different reply or end it otherwise. Returns the status, or nil if no marker.
+-- A durable end (worker/durability.py) whose terminal entry a crash took back:
+-- write that end again, not a new reply. Returns the status, or nil if no marker.
 local function finish_from_marker(maxlen, now, retention_ms)
-  local finishing = redis.call('HGET', meta, M_FINISHING)
-  if not finishing then return nil end
-  local final = redis.call('HGET', meta, M_FINISHING_STATUS)
-  append(maxlen, {finishing}, 1, 1)
-  finish(final, now, retention_ms)
-  return final
+  local m = redis.call('HMGET', meta, M_FINISHING, M_FINISHING_STATUS)
+  if not m[1] then return nil end
+  append(maxlen, {m[1]}, 1, 1)
+  finish(m[2], now, retention_ms)
+  return m[2]
 end
 """
 )
 
-#: submit(): create the meta hash unless it exists. Returns 1 if created, else 0.
-#: ARGV: now_ms, model, owner, queued_ttl_ms[, field, value]... (more meta fields,
-#: written with the rest: the OpenAI door's request digest, say)
+#: submit(): create the meta hash unless it exists (1 if created, else 0). ARGV: now_ms,
+#: model, owner, queued_ttl_ms[, field, value]... (more meta fields: the door's digest)
 CREATE: Final = (
     _COMMON
     + r"""
@@ -259,8 +255,7 @@ return out
 #: the base + ":meta", ":events", ":live".
 #: Why one argument, not KEYS: redis-py packs each argument in Python (~2 µs
 #: each), which for four per stream cost more than the rest of the append.
-#: Keys named inside a script are fine on one Redis; the batch spans many
-#: streams' slots anyway, so a Redis Cluster would need batches split by slot.
+#: The keys are named inside the script: a batch spans many streams' slots.
 #: Returns one reply per stream, in order, each shaped as :data:`APPEND`'s, or
 #: {'err', message} if Redis refused that stream's commands, or {'bad_record'}.
 APPEND_MANY: Final = (
@@ -322,15 +317,9 @@ RENEW: Final = (
     _COMMON
     + r"""
 local holder = redis.call('GET', lease)
-if holder ~= ARGV[1] then
-  if holder or not ARGV[3] or redis.call('HGET', meta, M_ATTEMPT) ~= ARGV[3]
-     or redis.call('HGET', meta, M_STATUS) ~= S_RUNNING then
-    return {0, ''}
-  end
-  redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('PEXPIRE', lease, ARGV[2])
-end
+if holder ~= ARGV[1] and (holder or not ARGV[3] or redis.call('HGET', meta, M_ATTEMPT)
+    ~= ARGV[3] or redis.call('HGET', meta, M_STATUS) ~= S_RUNNING) then return {0, ''} end
+redis.call('SET', lease, ARGV[1], 'PX', ARGV[2])  -- ours, or lapsed and still ours
 return {1, redis.call('HGET', meta, M_CANCEL) or ''}
 """
 )

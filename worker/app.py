@@ -28,7 +28,7 @@ from worker.control import ControlChannel
 from worker.health import READY_TIMEOUT_S, HealthServer, ping_within
 from worker.job import STATE_KEY, WorkerState, chat_stream
 from worker.metrics import WorkerMetrics
-from worker.outage import BACKOFF_MAX_S, Outage
+from worker.outage import BACKOFF_MAX_S, Outage, stop_task
 from worker.publisher import Publisher
 from worker.sweep import Sweeper
 from worker.upstream import Upstream
@@ -144,9 +144,7 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         for service in ctx.pop(_SERVICES_KEY, []):
             if isinstance(service, asyncio.Task):
-                service.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await service
+                await stop_task(service)
             else:
                 await service.stop()
         state: WorkerState | None = ctx.get(STATE_KEY)

@@ -28,7 +28,7 @@ from redis.asyncio.client import PubSub
 
 from streamfan.errors import RedisUnavailable
 from streamfan.redis_edge import FAILURES
-from worker.outage import Outage
+from worker.outage import Outage, stop_task
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,9 @@ class ControlChannel:
         self._task = asyncio.create_task(self._listen(), name="streamfan-control-listener")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await stop_task(task)
 
     async def _listen(self) -> None:
         failures = 0

@@ -48,7 +48,7 @@ from streamfan.settings import Settings
 from worker.arqhold import ArqHold
 from worker.control import ControlChannel
 from worker.metrics import WorkerMetrics
-from worker.outage import Outage
+from worker.outage import Outage, stop_task
 from worker.publisher import (
     AttemptWriter,
     Claim,
@@ -234,9 +234,9 @@ class Attempt:
             )
         finally:
             self.state.control.unwatch(self.stream_id)
-            for task in (stream_task, keeper, cancel_wait):
-                task.cancel()
-            await asyncio.gather(stream_task, keeper, cancel_wait, return_exceptions=True)
+            # Until each has ended: a cancel that lands on a Redis read's deadline
+            # can be lost (worker.outage.stop_task).
+            await asyncio.gather(*(stop_task(t) for t in (stream_task, keeper, cancel_wait)))
 
     async def _settle(self, task: asyncio.Task[Event], claim: Claim) -> str:
         """Turn how a task ended into the stream's next step."""

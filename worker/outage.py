@@ -27,6 +27,7 @@ import contextlib
 import logging
 import random
 import time
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,22 @@ class Outage:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._back.wait(), delay)
+
+
+#: How long :func:`stop_task` waits for a cancelled task before cancelling it again.
+RECANCEL_S = 0.1
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again if need be.
+
+    redis-py reads inside ``asyncio.timeout``, which on Python 3.11 can lose a
+    cancel that lands just as its deadline passes: the read returns None as if it
+    had timed out, and a loop around it runs on, holding the worker's shutdown
+    forever (seen: one stop in six of a freshly started worker).
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=RECANCEL_S)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as lost

@@ -13,12 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chaos.plan import PROCESS_FAULTS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 #: The process faults of the suite's run: every kind, Redis killed and paused too
 #: (workers and gateways ride a Redis outage out; an exit fails the run).
-FAULTS = ("kill_worker", "kill_gateway", "kill_pubsub", "kill_redis", "pause_redis")
+FAULTS = PROCESS_FAULTS
 
 
 def test_a_short_seeded_chaos_run_keeps_every_reader_exact(tmp_path: Path) -> None:

@@ -98,7 +98,7 @@ async def test_a_token_without_the_submit_right_is_403_and_one_with_it_submits(
             headers={"Authorization": f"Bearer {submitter}"},
         ) as r,
     ):
-        assert r.status_code == 200
+        assert r.status_code == 200 and r.headers["x-accel-buffering"] == "no"
         sid = r.headers["x-streamfan-stream-id"]
         read_token = r.headers["x-streamfan-token"]
     # The token it gave reads (and cancels) that stream, and nothing else.

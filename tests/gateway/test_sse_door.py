@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from cli.redis_server import RedisServer
 from gateway import Gateway
 from streamfan import events
 from streamfan.settings import Settings
@@ -227,3 +228,22 @@ async def test_a_reader_whose_token_expires_gets_an_error_event_and_the_response
     async with httpx.AsyncClient(timeout=WAIT_S) as http:
         r = await http.get(url)  # the browser's reconnect: refused
     assert r.status_code == 401
+
+
+async def test_while_redis_is_down_the_sse_door_answers_in_band_so_eventsource_retries(
+    private_redis: RedisServer, gw_settings: Settings, start_gateway: Any
+) -> None:
+    s = gw_settings.replace(redis_url=private_redis.url, api_keys=("k" * 32,))
+    gw = await start_gateway(s)
+    await asyncio.to_thread(private_redis.kill)
+    msgs = await read_sse(f"{gw.http_url}/streams/some-stream/events?token={token(s)}")
+    assert [m.event for m in msgs] == ["error"]
+    assert orjson.loads(msgs[0].data)["code"] == "unavailable"
+    assert msgs[0].retry is not None and msgs[0].retry >= 1000
+    # The OpenAI door says 503, which the SDKs retry by themselves.
+    async with httpx.AsyncClient(timeout=WAIT_S) as http:
+        r = await http.get(
+            f"{gw.http_url}/v1/chat/completions/some-stream/stream",
+            headers={"Authorization": "Bearer " + "k" * 32},
+        )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"

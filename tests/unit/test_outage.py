@@ -95,3 +95,26 @@ def test_chat_stream_takes_exactly_one_body(
     if problem is not None:
         assert body is None
         assert "hunter2" not in problem  # argument names only, never values
+
+
+async def test_stopping_a_task_that_swallowed_its_cancel_still_ends_it() -> None:
+    from worker.outage import stop_task
+
+    swallowed = asyncio.Event()
+
+    async def loop_around_a_read() -> None:
+        # What a redis-py read inside asyncio.timeout can do on Python 3.11: the
+        # cancel becomes "timed out", and the loop around it goes on.
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()
+
+    task = asyncio.create_task(loop_around_a_read())
+    await asyncio.sleep(0)
+    async with asyncio.timeout(2):
+        await stop_task(task)
+    assert swallowed.is_set() and task.cancelled()
