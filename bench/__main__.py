@@ -14,6 +14,7 @@ SCENARIOS = {
     "ingest": "worker CPU and Redis round trips per upstream chunk",
     "memory": "RSS per idle subscribed connection, and after they leave",
     "durable": "what STREAMFAN_DURABLE_FINISH costs per stream (finish delay, worker CPU)",
+    "clients": "Redis Cluster client libraries: CPU per append and per sharded wake-up",
     "plot": "draw docs/img/*.svg from bench/results/*-latest.json",
 }
 
@@ -26,6 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, default=None, help="results directory")
         if name != "plot":
             p.add_argument("--redis-url", help="use this Redis (default: start a Valkey child)")
+        if name in ("fanout", "ingest"):
+            p.add_argument(
+                "--redis",
+                choices=("single", "cluster"),
+                default="single",
+                help="event keys on the queue's Redis, or on a local 3-master Redis Cluster",
+            )
         importlib.import_module(f"bench.{name}").add_arguments(p)
     return parser
 

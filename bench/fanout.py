@@ -30,8 +30,15 @@ import uuid
 from typing import Any
 
 from bench import report
-from bench.machine import CpuMeter, commands_between, commandstats, machine_info, rss_bytes
-from bench.procs import Child, Children, redis_for
+from bench.machine import (
+    CpuMeter,
+    CpusMeter,
+    commands_between,
+    commandstats,
+    machine_info,
+    rss_bytes,
+)
+from bench.procs import Child, Children, events_for, redis_for
 from bench.report import progress
 from streamfan.settings import Settings
 
@@ -63,6 +70,9 @@ class Bench:
     redis_url: str
     redis_pid: int | None
     children: Children
+    #: Where the event keys are (the queue's Redis, or a cluster node) and its pids.
+    events_url: str
+    events_pids: list[int]
     urls: dict[str, str]
     pids: dict[str, int]
     helpers: dict[str, Child]
@@ -76,7 +86,13 @@ async def phase(b: Bench, server: str, clients: int, events: int, rate: float) -
         producer = await b.children.helper(
             "producer",
             "bench.producer",
-            {"redis_url": b.redis_url, "streams": streams, "events": events, "rate": rate},
+            {
+                "redis_url": b.redis_url,
+                "events_url": b.events_url,
+                "streams": streams,
+                "events": events,
+                "rate": rate,
+            },
         )
         await producer.recv(30)
     pid = b.pids[server]
@@ -99,9 +115,9 @@ async def phase(b: Bench, server: str, clients: int, events: int, rate: float) -
     ready = [await g.recv(a.deadline) for g in gens]
     failed = sum(r["failed"] for r in ready)
     rss_loaded = rss_bytes(pid)
-    stats0 = commandstats(b.redis_url)
+    stats0 = commandstats(b.events_url)
     cpu = CpuMeter(pid).start()
-    rcpu = CpuMeter(b.redis_pid or pid).start()
+    rcpu = CpusMeter(b.events_pids).start()
     t_go = time.time()
     go = {"cmd": "go", "streams": streams, "events": events, "rate": rate}
     (producer or b.helpers["ceiling"]).send(go)
@@ -112,7 +128,7 @@ async def phase(b: Bench, server: str, clients: int, events: int, rate: float) -
     rcpu.stop()
     rss_peak = max(rss_loaded, rss_bytes(pid))
     made = await (producer or b.helpers["ceiling"]).recv(a.deadline)
-    stats1 = commandstats(b.redis_url)
+    stats1 = commandstats(b.events_url)
     for child in [*gens, *([producer] if producer else [])]:
         await child.stop()
     b.children.children = [c for c in b.children.children if c not in gens and c is not producer]
@@ -144,7 +160,9 @@ async def phase(b: Bench, server: str, clients: int, events: int, rate: float) -
         "latency_quantiles_ms": report.quantiles(lat),
         "server_cpu_cores": cpu.cores,
         "server_cpu_us_per_event": cpu.cpu_s * 1e6 / max(delivered, 1),
-        "redis_cpu_cores": rcpu.cores if b.redis_pid else 0.0,
+        "redis_cpu_cores": rcpu.cores,
+        "redis": b.args.redis,
+        "redis_nodes": max(len(b.events_pids), 1),
         "client_cpu_cores": sum(r["cpu_s"] for r in results) / span,
         "client_procs": procs,
         "server_rss_idle_bytes": rss_idle,
@@ -170,10 +188,17 @@ def _merge(dicts: list[dict[str, int]]) -> dict[str, int]:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sweep = [int(c) for c in args.clients.split(",") if c]
     servers = [s for s in args.servers.split(",") if s]
+    if args.redis == "cluster":
+        # The naive server reads one Redis; the ceiling has none and stays.
+        servers = [s for s in servers if s != "naive"]
     rows: list[dict[str, Any]] = []
-    with redis_for(args.redis_url) as (redis_url, redis_pid):
+    with (
+        redis_for(args.redis_url) as (redis_url, redis_pid),
+        events_for(args.redis, redis_url, redis_pid) as (events_url, events_pids),
+    ):
         async with Children() as children:
-            gw, gw_url = await children.gateway(redis_url)
+            on_cluster = events_url if args.redis == "cluster" else None
+            gw, gw_url = await children.gateway(redis_url, events_redis_url=on_cluster)
             urls, pids, helpers = {"streamfan": gw_url}, {"streamfan": gw.pid}, {}
             urls["sse"], pids["sse"] = "http" + gw_url.removeprefix("ws"), gw.pid
             for kind in ("ceiling", "naive"):
@@ -182,7 +207,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         kind, "bench.servers", {"kind": kind, "redis_url": redis_url}
                     )
                     urls[kind], pids[kind], helpers[kind] = (await h.recv(30))["url"], h.pid, h
-            b = Bench(args, redis_url, redis_pid, children, urls, pids, helpers)
+            b = Bench(
+                args, redis_url, redis_pid, children, events_url, events_pids, urls, pids, helpers
+            )
             for c in sweep:
                 events = max(args.min_events, min(args.max_events, args.deliveries // c))
                 max_rows = {}

@@ -27,8 +27,15 @@ import redis.asyncio as aioredis
 from bench import report
 from bench.events import stamped_delta
 from bench.fanout import _settings
-from bench.machine import CpuMeter, MachineMeter, commands_between, commandstats, machine_info
-from bench.procs import Children, add_upstream_arguments, profiling, redis_for, scrape
+from bench.machine import (
+    CpuMeter,
+    CpusMeter,
+    MachineMeter,
+    commands_between,
+    commandstats,
+    machine_info,
+)
+from bench.procs import Children, add_upstream_arguments, events_for, profiling, redis_for, scrape
 from bench.profile_split import split_file
 from bench.report import progress
 from bench.sse_decoder import openai_body
@@ -100,6 +107,7 @@ async def one(
     n: int,
     port: int,
     pids: dict[str, int | None],
+    redis_pids: list[int],
     url: str,
 ) -> dict[str, Any]:
     tokens = int(args.rate * (args.warmup + args.window + 30))
@@ -111,6 +119,7 @@ async def one(
     await asyncio.sleep(args.warmup)
     s0 = await snapshot(port, url)
     meters = {name: CpuMeter(pid).start() for name, pid in pids.items() if pid}
+    rmeter = CpusMeter(redis_pids).start()
     machine = MachineMeter().start()
     t0 = time.time() * 1000
     async with profiling(args.profile, pids["worker"] or 0, f"ingest-{n}", args.window):
@@ -119,6 +128,7 @@ async def one(
     s1 = await snapshot(port, url)
     for meter in meters.values():
         meter.stop()
+    rmeter.stop()
     machine.stop()
     wcpu = meters["worker"]
     lags = await lag_ms(sf.redis, sids[:LAG_STREAMS], args.rate, (t0, t1))
@@ -144,12 +154,15 @@ async def one(
         "upstream_cpu_max_process": max(
             (m.cores for k, m in meters.items() if k.startswith("up")), default=0.0
         ),
-        "redis_cpu_cores": meters["redis"].cores if "redis" in meters else None,
+        "redis_cpu_cores": rmeter.cores if redis_pids else None,
+        "redis": args.redis,
+        "redis_nodes": max(len(redis_pids), 1),
         "machine_busy_cores": machine.busy_cores,
         "writes": writes,
         "reads": reads,
         "round_trips": trips,
         "streams_per_round_trip": writes / max(trips, 1),
+        # On a cluster: round trips to any node (a send is one per node it touches).
         "round_trips_per_read": trips / max(reads, 1),
         "evalsha_per_read": cmds.get("evalsha", 0) / max(reads, 1),
         "redis_commands": cmds,
@@ -231,8 +244,12 @@ async def reader_baseline(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     sweep = [int(s) for s in args.streams.split(",") if s]
     rows = []
-    with redis_for(args.redis_url) as (redis_url, redis_pid):
+    with (
+        redis_for(args.redis_url) as (redis_url, redis_pid),
+        events_for(args.redis, redis_url, redis_pid) as (events_url, event_pids),
+    ):
         baselines = {"sse_decoder": sse_baseline(), "xadd_loop": await xadd_baseline(redis_url)}
+        on_cluster = events_url if args.redis == "cluster" else None
         async with Children() as children:
             ups, upstream = await children.upstream(args.upstream, args.upstream_procs)
             port = free_port()
@@ -241,13 +258,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 upstream,
                 port,
                 worker_max_jobs=max(sweep) + 10,
+                events_redis_url=on_cluster,
             )
-            async with Client(Settings.from_env({}, redis_url=redis_url)) as sf:
+            settings = Settings.from_env({}, redis_url=redis_url, events_redis_url=on_cluster)
+            async with Client(settings) as sf:
                 for n in sweep:
-                    progress(f"ingest: {n} streams at {args.rate:g} tokens/s")
-                    pids: dict[str, int | None] = {"worker": worker.pid, "redis": redis_pid}
+                    progress(f"ingest: {n} streams at {args.rate:g} tokens/s ({args.redis})")
+                    pids: dict[str, int | None] = {"worker": worker.pid}
                     pids.update({f"upstream-{i}": u.pid for i, u in enumerate(ups)})
-                    rows.append(await one(args, sf, n, port, pids, redis_url))
+                    rows.append(await one(args, sf, n, port, pids, event_pids, events_url))
                     progress(f"ingest: the same {n} replies read and decoded alone (no Redis)")
                     rows[-1]["upstream_alone"] = await reader_baseline(children, upstream, n, args)
     return {

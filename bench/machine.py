@@ -63,6 +63,35 @@ def open_fds(pid: int) -> int:
 
 
 @dataclass
+class CpusMeter:
+    """:class:`CpuMeter` summed over several processes (a cluster's nodes)."""
+
+    pids: list[int]
+    meters: list[CpuMeter] | None = None
+
+    def start(self) -> CpusMeter:
+        self.meters = [CpuMeter(pid).start() for pid in self.pids]
+        return self
+
+    def stop(self) -> CpusMeter:
+        for m in self.meters or []:
+            m.stop()
+        return self
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(m.cpu_s for m in self.meters or [])
+
+    @property
+    def wall_s(self) -> float:
+        return max((m.wall_s for m in self.meters or []), default=0.0)
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+
+@dataclass
 class CpuMeter:
     """CPU cores used by a process between :meth:`start` and :meth:`stop`."""
 
@@ -114,14 +143,25 @@ class MachineMeter:
 
 
 def commandstats(url: str) -> dict[str, int]:
-    """calls per command (``INFO commandstats``), lower-case names."""
-    with redis.Redis.from_url(url) as r:
-        info = r.info("commandstats")
+    """calls per command (``INFO commandstats``), lower-case names; summed over
+    the masters when ``url`` is a node of a Redis Cluster."""
     out: dict[str, int] = {}
-    for key, value in info.items():
-        name = key.removeprefix("cmdstat_")
-        out[name] = int(value["calls"])
+    for node_url in _masters(url):
+        with redis.Redis.from_url(node_url) as r:
+            info = r.info("commandstats")
+        for key, value in info.items():
+            name = key.removeprefix("cmdstat_")
+            out[name] = out.get(name, 0) + int(value["calls"])
     return out
+
+
+def _masters(url: str) -> list[str]:
+    with redis.Redis.from_url(url) as r:
+        if not int(r.info("cluster").get("cluster_enabled", 0)):
+            return [url]
+        slots = r.execute_command("CLUSTER", "SLOTS")
+    nodes = {(m[0].decode(), int(m[1])) for _a, _b, m, *_ in slots}
+    return [f"redis://{host}:{port}" for host, port in sorted(nodes)]
 
 
 def commands_between(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -23,6 +23,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from bench.machine import raise_nofile
+from cli.redis_cluster import RedisCluster
 from cli.redis_server import RedisServer
 
 PY = sys.executable
@@ -177,7 +178,9 @@ class Children:
             **settings,
         )
         child = await self.start("worker", [PY, "-m", "cli", "worker"], env)
-        r = aioredis.Redis.from_url(redis_url)
+        # The worker listens for nudges on the events Redis (any node of a cluster:
+        # the one in the URL).
+        r = aioredis.Redis.from_url(settings.get("events_redis_url") or redis_url)
         try:
             async with httpx.AsyncClient() as http:
                 for _ in range(600):
@@ -206,6 +209,17 @@ def add_upstream_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--upstream-procs", type=int, default=1, help="lean upstream processes (one port)"
     )
+
+
+@contextlib.contextmanager
+def events_for(kind: str, queue_url: str, queue_pid: int | None) -> Iterator[tuple[str, list[int]]]:
+    """(events URL, server pids): the queue's Redis (``single``), or a fresh local
+    3-master Redis Cluster (``cluster``) for the event keys."""
+    if kind == "single":
+        yield queue_url, [queue_pid] if queue_pid else []
+        return
+    with RedisCluster(masters=3) as cluster:
+        yield cluster.url, [n.proc.pid for n in cluster.nodes if n.proc is not None]
 
 
 @contextlib.contextmanager

@@ -16,11 +16,10 @@ import asyncio
 import time
 import uuid
 
-import redis.asyncio as aioredis
-
 from bench.events import pace, stamped_delta
 from bench.loadgen import command, emit, stdin_reader
 from streamfan import events
+from streamfan.cluster import connect_events
 from streamfan.settings import Settings
 from streamfan.store import create_meta
 from worker.publisher import AttemptWriter, Publisher
@@ -47,8 +46,11 @@ async def run_stream(writer: AttemptWriter, n: int, rate: float) -> None:
 async def main() -> None:
     reader = await stdin_reader()
     config = await command(reader)
-    settings = Settings.from_env({}, redis_url=config["redis_url"])
-    r = aioredis.Redis.from_url(settings.redis_url, max_connections=64)
+    settings = Settings.from_env(
+        {}, redis_url=config["redis_url"], events_redis_url=config.get("events_url")
+    )
+    # The worker's own client: a RedisCluster when the events are on one.
+    r = await connect_events(settings.events_url, max_connections=64)
     pub = Publisher(r, settings)
     writers = [await claim(pub, settings, sid) for sid in config["streams"]]
     emit({"ready": True})

@@ -121,6 +121,7 @@ class Run:
                 for task in pending:
                     task.cancel()
                 outcomes = {job.stream_id: await self._outcome(sf, job) for job in self.plan.jobs}
+                assert isinstance(sf.redis, aioredis.Redis), "the chaos run uses one Redis"
                 leftover = await self._leftover_keys(sf.redis, sf.keys)
         finally:
             if self.front is not None:

@@ -12,11 +12,12 @@ Redis errors are raised again as :class:`RedisUnavailable` here, at the edge
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-
 from streamfan import store
+from streamfan.cluster import EventsRedis
 from streamfan.history import PageReader
 from streamfan.keys import Keys, Meta
 from streamfan.page import Page
@@ -28,13 +29,18 @@ from streamfan.store import StreamMeta
 class History:
     """Reads through the gateway's small pool of Redis connections."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, r: EventsRedis, keys: Keys, *, concurrency: int | None = None) -> None:
+        """``concurrency``: at most this many reads at once, the others wait their
+        turn (on a cluster, whose client fails a read when a node's connections
+        are all busy, instead of queueing it as the one-Redis pool does)."""
         self.r = r
         self.keys = keys
         self._pages = PageReader(r, keys)
+        self._turns = asyncio.Semaphore(concurrency) if concurrency else contextlib.nullcontext()
 
     async def meta(self, stream_id: str) -> StreamMeta | None:
-        return await store.read_meta(self.r, self.keys, stream_id)
+        async with self._turns:
+            return await store.read_meta(self.r, self.keys, stream_id)
 
     async def read_after(
         self, stream_id: str, position: Id, count: int, *, known_last: Id = ZERO
@@ -44,11 +50,12 @@ class History:
 
         ``known_last``: the newest id the caller saw in the stream's meta (see
         :meth:`streamfan.history.PageReader.read`)."""
-        return await self._pages.read(stream_id, position, count, known_last=known_last)
+        async with self._turns:
+            return await self._pages.read(stream_id, position, count, known_last=known_last)
 
     async def last_ids(self, stream_ids: Sequence[str]) -> list[bytes | None]:
         """Each stream's meta ``last_id`` (None if it has none), in one round trip."""
-        async with redis_errors(), self.r.pipeline(transaction=False) as pipe:
+        async with self._turns, redis_errors(), self.r.pipeline(transaction=False) as pipe:
             for sid in stream_ids:
                 pipe.hget(self.keys.meta(sid), Meta.LAST_ID)
             result: list[bytes | None] = await pipe.execute()

@@ -25,7 +25,7 @@ from typing import Any
 
 from gateway.batch import Batch, Sink
 from gateway.history import History
-from gateway.live import Live
+from gateway.live import LiveSource
 from gateway.metrics import Metrics
 from gateway.streams import StreamState, Subscription
 from gateway.tuning import Tuning
@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 
 class Hub:
-    def __init__(self, history: History, live: Live, metrics: Metrics, tuning: Tuning) -> None:
+    def __init__(
+        self, history: History, live: LiveSource, metrics: Metrics, tuning: Tuning
+    ) -> None:
         self.history = history
         self.live = live
         self.metrics = metrics

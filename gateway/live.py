@@ -29,8 +29,9 @@ from redis.retry import Retry
 
 from gateway.metrics import Metrics
 from gateway.tuning import Tuning
+from streamfan.errors import RedisRefused
 from streamfan.keys import Keys
-from streamfan.redis_edge import FAILURES
+from streamfan.redis_edge import FAILURES, translate
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,36 @@ class LiveListener(Protocol):
         """Re-read these watched streams (all if None): wake-ups may have been missed."""
 
 
+class LiveSource(Protocol):
+    """What the hub needs of its live path: :class:`Live` on one Redis,
+    ``gateway.cluster_live.ClusterLive`` on a cluster."""
+
+    @property
+    def up(self) -> bool: ...
+
+    def start(self, listener: LiveListener) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def watch(self, stream_id: str) -> None: ...
+
+    def unwatch(self, stream_id: str) -> None: ...
+
+
 class _Dead(ConnectionError):
     """The pub/sub connection stopped answering (a connection failure like any other)."""
 
 
 class Live:
+    #: The pub/sub dialect; ``gateway.cluster_live.ShardLive`` speaks the sharded one.
+    SUBSCRIBE = "SUBSCRIBE"
+    UNSUBSCRIBE = "UNSUBSCRIBE"
+    MESSAGE = b"message"
+    SUBSCRIBED = b"subscribe"
+    UNSUBSCRIBED = b"unsubscribe"
+    #: Channels per command (SSUBSCRIBE takes only channels of one slot).
+    CHUNK = SUBSCRIBE_CHUNK
+
     def __init__(self, url: str, keys: Keys, tuning: Tuning, metrics: Metrics) -> None:
         self.keys = keys
         self.tuning = tuning
@@ -109,7 +135,7 @@ class Live:
         fut = self._confirm.get(key)
         if fut is None:
             fut = self._confirm[key] = asyncio.get_running_loop().create_future()
-        self._send("SUBSCRIBE", channel)
+        self._send(self.SUBSCRIBE, channel)
         try:
             async with asyncio.timeout(self.tuning.subscribe_confirm_s):
                 await asyncio.shield(fut)
@@ -122,7 +148,7 @@ class Live:
         self._channels.discard(channel)
         self._late.discard(channel.encode())
         if self._ready:
-            self._send("UNSUBSCRIBE", channel)
+            self._send(self.UNSUBSCRIBE, channel)
 
     def _send(self, command: str, channel: str) -> None:
         self._outbox.append((command, channel))
@@ -150,6 +176,7 @@ class Live:
                 # Failed attempts while Redis is down are expected: say it once.
                 level = logging.WARNING if established else logging.DEBUG
                 log.log(level, "pub/sub connection lost: %s", exc or type(exc).__name__)
+                self._on_lost()
             finally:
                 self._ready = False
                 self._release_waiters()
@@ -157,6 +184,18 @@ class Live:
                     await conn.disconnect(nowait=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.tuning.backoff_max_s)
+
+    def _on_lost(self) -> None:
+        """The connection failed or could not be made (a hook for the cluster)."""
+
+    def _on_unsubscribed(self, channel: bytes) -> None:
+        """Redis reported a channel unsubscribed (a hook: on a cluster, the server
+        unsubscribes a shard channel whose slot moved away)."""
+
+    def _on_error(self, exc: Exception) -> None:
+        """Redis refused a command on the connection (a hook; here the connection
+        is rebuilt, which resubscribes and resyncs everything)."""
+        raise exc
 
     def _release_waiters(self) -> None:
         # Watchers stop waiting: the next connection resubscribes and resyncs.
@@ -182,7 +221,7 @@ class Live:
                 fut = asyncio.get_running_loop().create_future()
                 self._confirm[ch.encode()] = fut
                 futs.append(fut)
-                self._outbox.append(("SUBSCRIBE", ch))
+                self._outbox.append((self.SUBSCRIBE, ch))
             self._outbox_ready.set()
             if futs:
                 confirmed = asyncio.create_task(self._confirmed(futs))
@@ -215,16 +254,24 @@ class Live:
         assert self.listener is not None
         listener, keys = self.listener, self.keys
         while True:
-            resp: Any = await conn.read_response(disconnect_on_error=False)
+            try:
+                resp: Any = await conn.read_response(disconnect_on_error=False)
+            except FAILURES as exc:
+                if not isinstance(translate(exc), RedisRefused):
+                    raise  # the connection failed: _supervise rebuilds it
+                self._on_error(exc)  # an error answer to a command
+                continue
             self._pong.set()  # any traffic proves the connection alive
             if not isinstance(resp, list) or not resp:
                 continue  # "+PONG" outside subscribed mode
             kind = resp[0]
-            if kind == b"message":
+            if kind == self.MESSAGE:
                 sid = keys.stream_id_from_live(resp[1].decode("utf-8", "replace"))
                 if sid is not None:
                     listener.on_wakeup(sid, resp[2])
-            elif kind == b"subscribe":
+            elif kind == self.UNSUBSCRIBED:
+                self._on_unsubscribed(resp[1])
+            elif kind == self.SUBSCRIBED:
                 fut = self._confirm.pop(resp[1], None)
                 if fut is not None and not fut.done():
                     fut.set_result(None)
@@ -239,18 +286,21 @@ class Live:
             await self._outbox_ready.wait()
             self._outbox_ready.clear()
             batch, self._outbox = self._outbox, []
+            commands: list[tuple[str, ...]] = []
             i = 0
             while i < len(batch):
                 # One command for each run of the same verb, keeping the order
                 # (an UNSUBSCRIBE then SUBSCRIBE of one channel must stay so).
                 command, j = batch[i][0], i
-                while j < len(batch) and batch[j][0] == command and j - i < SUBSCRIBE_CHUNK:
+                while j < len(batch) and batch[j][0] == command and j - i < self.CHUNK:
                     j += 1
                 args = [ch for _, ch in batch[i:j]]
                 if command == "PING":
                     args = []
-                await conn.send_command(command, *args, check_health=False)
+                commands.append((command, *args))
                 i = j
+            # All of them in one write.
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
 
     async def _health(self, conn: AbstractConnection) -> None:
         interval, timeout = self.tuning.live_ping_interval_s, self.tuning.live_ping_timeout_s

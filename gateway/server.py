@@ -22,24 +22,22 @@ from pathlib import Path
 from types import TracebackType
 
 import redis.asyncio as aioredis
-import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from gateway import auth, doors, memory, metrics, wire
+from gateway import auth, cluster_live, doors, memory, metrics, wire
 from gateway.completions import OpenAIDoor
 from gateway.endpoints import STATIC_DIR, Endpoints, respond
 from gateway.history import History
 from gateway.hub import Hub
-from gateway.live import Live
+from gateway.live import LiveSource
 from gateway.peer import Flusher, Peer
 from gateway.router import router_factory
 from gateway.session import Session
 from gateway.tuning import RECV_QUEUE, Tuning
 from streamfan import events, protocol, redact, store
+from streamfan.cluster import EventsRedis
 from streamfan.errors import RedisUnavailable
 from streamfan.protocol import Cancel, CloseCode, Invalid, Ping, Subscribe, Unsubscribe
 from streamfan.scripts import Reply
@@ -72,9 +70,9 @@ class Gateway:
             weakref.WeakKeyDictionary()
         )
         self._server: Server | None = None
-        self._redis: aioredis.Redis | None = None
+        self._redis: EventsRedis | None = None
         self._hub: Hub | None = None
-        self._live: Live | None = None
+        self._live: LiveSource | None = None
         self._history: History | None = None
         self._flusher: Flusher | None = None
         self._doors: doors.Doors | None = None
@@ -94,21 +92,10 @@ class Gateway:
         # Authorization) at DEBUG on this logger: scrubbed here too, for an
         # application that embeds the gateway with handlers of its own.
         redact.guard(connection_log, s.secrets)
-        pool = aioredis.BlockingConnectionPool.from_url(
-            s.events_url,
-            max_connections=s.read_pool_size,
-            timeout=t.pool_wait_s,
-            socket_timeout=t.redis_read_timeout_s,
-            socket_connect_timeout=t.redis_connect_timeout_s,
-            client_name=READ_CLIENT_NAME,
-            # One immediate retry on a fresh connection: after a Redis restart the
-            # pooled sockets are dead, and every read here is idempotent.
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[redis.exceptions.ConnectionError],
+        self._redis, self._live, turns = await cluster_live.open_events(
+            s, t, self.metrics, READ_CLIENT_NAME
         )
-        self._redis = aioredis.Redis(connection_pool=pool)
-        self._history = History(self._redis, s.keys)
-        self._live = Live(s.events_url, s.keys, t, self.metrics)
+        self._history = History(self._redis, s.keys, concurrency=turns)
         self._hub = Hub(self._history, self._live, self.metrics, t)
         self._flusher = Flusher()
         self.metrics.gauges = {
@@ -173,8 +160,10 @@ class Gateway:
         await self._hub_().stop()
         if self._doors is not None:
             await self._doors.aclose()
-        if self._redis is not None:
+        if isinstance(self._redis, aioredis.Redis):
             await self._redis.aclose(close_connection_pool=True)
+        elif self._redis is not None:
+            await self._redis.aclose()
         log.info("gateway stopped")
 
     async def __aenter__(self) -> Gateway:
@@ -220,7 +209,7 @@ class Gateway:
         assert self._hub is not None, "the gateway is not started"
         return self._hub
 
-    def _live_(self) -> Live:
+    def _live_(self) -> LiveSource:
         assert self._live is not None, "the gateway is not started"
         return self._live
 

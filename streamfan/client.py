@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-import redis.asyncio as aioredis
 from arq import ArqRedis, create_pool
 from arq.connections import RedisSettings
 
 from streamfan import events
 from streamfan.assembler import Assembler
+from streamfan.cluster import EventsRedis, connect_events
 from streamfan.errors import (
     HistoryGone,
     InvalidEvent,
@@ -92,7 +92,7 @@ class Client:
         self.settings = settings
         self.keys = settings.keys
         self._queue: ArqRedis | None = None
-        self._events: aioredis.Redis | None = None
+        self._events: EventsRedis | None = None
         self._page_reader: PageReader | None = None
 
     @classmethod
@@ -130,7 +130,8 @@ class Client:
                     default_queue_name=s.queue_name,
                 )
         if self._events is None:
-            self._events = aioredis.Redis.from_url(s.events_url)
+            # A Redis Cluster node is detected and the cluster client used.
+            self._events = await connect_events(s.events_url)
 
     async def aclose(self) -> None:
         if self._queue is not None:
@@ -142,7 +143,7 @@ class Client:
             self._page_reader = None
 
     @property
-    def redis(self) -> aioredis.Redis:
+    def redis(self) -> EventsRedis:
         if self._events is None:
             raise StreamfanError("the client is not connected: use 'async with Client(...)'")
         return self._events
@@ -183,7 +184,7 @@ class Client:
             await self._queue.zadd(self.keys.open_streams, {sid: now_ms()}, nx=True)
             await self._queue.enqueue_job(JOB_FUNCTION, body, _job_id=sid)
             # Wake an idle worker now rather than at its next poll.
-            await self.redis.publish(self.keys.jobs_channel, sid)
+            await self.redis.execute_command("PUBLISH", self.keys.jobs_channel, sid)
         return Submission(sid, self._mint([sid]), created=created)
 
     async def cancel(self, stream_id: str, reason: str = "cancelled by client") -> str:

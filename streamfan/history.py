@@ -61,15 +61,17 @@ round trip per wake-up, and the page obeys the same ``gone`` rule as any other.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 
 from streamfan import scripts
+from streamfan.cluster import EventsRedis, is_cluster, register
 from streamfan.keys import EVENT_FIELD, Keys
 from streamfan.page import Entry, Page
 from streamfan.positions import ZERO, Id, format_id, parse_id
@@ -110,10 +112,10 @@ class PageReader:
     """Reads pages of history through one registered script: one round trip a page
     (more only to get past a full page of rows that are not events)."""
 
-    def __init__(self, r: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, r: EventsRedis, keys: Keys) -> None:
         self.r = r
         self.keys = keys
-        self._script = r.register_script(scripts.READ_PAGE)
+        self._script = register(r, scripts.READ_PAGE)
 
     async def read(
         self, stream_id: str, position: Id, count: int, *, known_last: Id = ZERO
@@ -183,6 +185,8 @@ class PageReader:
     async def _blocking(
         self, keys: list[str], args: list[bytes | int], position: Id, block_ms: int
     ) -> Any:
+        if is_cluster(self.r):
+            return await self._blocking_on_cluster(keys, args, position, block_ms)
         # EVALSHA directly, not the Script in the pipeline: redis-py would ask
         # SCRIPT EXISTS on every execute (a second round trip). The script is
         # loaded once, and again after a NOSCRIPT (a restarted Redis).
@@ -197,3 +201,27 @@ class PageReader:
                 return page
             await self.r.script_load(scripts.READ_PAGE)
         raise AssertionError("unreachable")
+
+    async def _blocking_on_cluster(
+        self, keys: list[str], args: list[bytes | int], position: Id, block_ms: int
+    ) -> Any:
+        # Two round trips on a cluster: redis-py's cluster pipeline cannot route an
+        # XREAD by itself (it would ask the server for the keys first), so the
+        # wait goes to the node that owns the stream's slot, then the page.
+        # The wait's answer is not used, so a wait refused by a moving slot
+        # (MOVED, ASK, a failover) is skipped: the page follows the redirect.
+        assert isinstance(self.r, RedisCluster)
+        node = self.r.get_node_from_key(keys[1])
+        with contextlib.suppress(redis.exceptions.ResponseError, redis.exceptions.ClusterError):
+            await self.r.execute_command(
+                "XREAD",
+                "COUNT",
+                1,
+                "BLOCK",
+                block_ms,
+                "STREAMS",
+                keys[1],
+                format_id(position),
+                target_nodes=node,
+            )
+        return await self._script(keys, args)

@@ -19,7 +19,13 @@ from streamfan.errors import RedisRefused, RedisUnavailable, StreamfanError
 
 #: What a call raises when Redis, or the way to it, failed. ``OSError`` covers
 #: sockets redis-py did not wrap, and ``TimeoutError`` (``asyncio.timeout``).
-FAILURES: Final[tuple[type[Exception], ...]] = (redis.exceptions.RedisError, OSError)
+#: ``RedisClusterException`` (not a ``RedisError``): the cluster client found no
+#: node for a slot, or no node of the cluster answered.
+FAILURES: Final[tuple[type[Exception], ...]] = (
+    redis.exceptions.RedisError,
+    redis.exceptions.RedisClusterException,
+    OSError,
+)
 
 
 def translate(exc: BaseException) -> RedisUnavailable | None:
@@ -29,7 +35,8 @@ def translate(exc: BaseException) -> RedisUnavailable | None:
     if isinstance(exc, redis.exceptions.DataError):
         return None  # bad arguments built by the caller: a bug to see, not Redis's state
     if isinstance(exc, redis.exceptions.ResponseError):
-        # READONLY after a failover, OOM, BUSY, a script's error: Redis answered.
+        # READONLY after a failover, OOM, BUSY, a script's error, on a cluster
+        # CLUSTERDOWN or TRYAGAIN mid-failover or mid-migration: Redis answered.
         return RedisRefused(f"Redis refused the command: {exc}")
     return RedisUnavailable(f"Redis unavailable: {exc}")
 

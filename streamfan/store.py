@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from streamfan import events, scripts
+from streamfan.cluster import EventsRedis, register
 from streamfan.keys import Keys, Meta
 from streamfan.redis_edge import redis_errors
 
@@ -116,14 +116,14 @@ def decode_meta(stream_id: str, raw: dict[bytes, bytes]) -> StreamMeta | None:
     )
 
 
-async def read_meta(r: aioredis.Redis, keys: Keys, stream_id: str) -> StreamMeta | None:
+async def read_meta(r: EventsRedis, keys: Keys, stream_id: str) -> StreamMeta | None:
     async with redis_errors():
         raw: dict[bytes, bytes] = await r.hgetall(keys.meta(stream_id))  # type: ignore[misc]
     return decode_meta(stream_id, raw)
 
 
 async def create_meta(
-    r: aioredis.Redis,
+    r: EventsRedis,
     keys: Keys,
     stream_id: str,
     *,
@@ -136,7 +136,7 @@ async def create_meta(
     ``fields``: more meta fields written in the same step (names from :class:`Meta`)."""
     extra = [part for item in (fields or {}).items() for part in item]
     async with redis_errors():
-        created = await r.register_script(scripts.CREATE)(
+        created = await register(r, scripts.CREATE)(
             stream_keys(keys, stream_id),
             [now_ms(), model, owner or "", int(QUEUED_TTL_S * 1000), *extra],
         )
@@ -144,7 +144,7 @@ async def create_meta(
 
 
 async def request_cancel(
-    r: aioredis.Redis,
+    r: EventsRedis,
     keys: Keys,
     stream_id: str,
     *,
@@ -159,7 +159,7 @@ async def request_cancel(
     renewal if that message is lost), and writes ``cancelled`` itself.
     """
     async with redis_errors():
-        result = await r.register_script(scripts.CANCEL)(
+        result = await register(r, scripts.CANCEL)(
             stream_keys(keys, stream_id),
             [
                 now_ms(),

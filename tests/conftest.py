@@ -9,12 +9,13 @@ The server is started once per session (``valkey-server`` from the
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import redis
 import redis.asyncio
 
+from cli.redis_cluster import RedisCluster
 from cli.redis_server import RedisServer
 from streamfan.settings import Settings
 
@@ -48,6 +49,48 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster for the whole session (no replicas: the failover
+    tests start their own, ``private_cluster``)."""
+    cluster = RedisCluster(masters=3).start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """The session cluster, flushed: the URL of one of its nodes."""
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[Callable[..., RedisCluster]]:
+    """``private_cluster(replicas=1)``: a 3-master cluster of this test's own, to
+    kill or reshard (with replicas when a master must fail over)."""
+    started: list[RedisCluster] = []
+
+    def start(*, replicas: int = 0) -> RedisCluster:
+        cluster = RedisCluster(masters=3, replicas=replicas)
+        started.append(cluster)
+        return cluster.start()
+
+    try:
+        yield start
+    finally:
+        for cluster in started:
+            cluster.close()
+
+
+@pytest.fixture
+def cluster_settings(settings: Settings, cluster_url: str) -> Settings:
+    """:func:`settings` with the event keys on the session cluster (queue stays single)."""
+    return settings.replace(events_redis_url=cluster_url)
 
 
 @pytest.fixture

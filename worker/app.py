@@ -18,6 +18,8 @@ from arq.connections import ArqRedis, RedisSettings
 from prometheus_client import Gauge
 
 from streamfan import redact
+from streamfan.cluster import connect_events
+from streamfan.errors import RedisUnavailable
 from streamfan.keys import JOB_FUNCTION
 from streamfan.redis_edge import FAILURES
 from streamfan.serialization import job_deserializer, job_serializer
@@ -44,6 +46,8 @@ ARQ_TIMEOUT_MARGIN_S = 60.0
 ADMISSION_KEY = "streamfan_admission"
 #: More nudges than this since the last poll are a burst: left to the poll.
 NUDGED_START_LIMIT = 16
+#: ctx key of the control channel's own client (on a cluster, not the events one).
+CONTROL_REDIS_KEY = "streamfan_control_redis"
 #: Keys of ``ctx`` beside the state: tasks and servers that on_shutdown stops.
 _SERVICES_KEY = "streamfan_services"
 
@@ -76,14 +80,28 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         # However the process was started (``streamfan worker``, ``arq``, an
         # application): the upstream's key is masked in whatever its handlers write.
         redact.install(s.secrets)
-        events_redis = aioredis.Redis.from_url(s.events_url, **_redis_kwargs(s))
+        try:
+            events_redis = await connect_events(s.events_url, **_redis_kwargs(s))
+        except RedisUnavailable as exc:
+            # Down at start: taken for one Redis (a cluster is detected only
+            # when its node answers) and ridden out like any other outage.
+            log.warning("events Redis unavailable at start (%s); assuming one Redis", exc)
+            events_redis = aioredis.Redis.from_url(s.events_url, **_redis_kwargs(s))
         queue_redis = ctx["redis"]
         if s.events_url == s.redis_url:
             queue_outage = events_outage = Outage("Redis")
         else:
             queue_outage, events_outage = Outage("queue Redis"), Outage("events Redis")
+        # Cancel requests and job nudges are plain PUBLISH (rare, and for every
+        # worker): a cluster forwards them to every node, so one node will do.
+        control_redis = (
+            events_redis
+            if isinstance(events_redis, aioredis.Redis)
+            else aioredis.Redis.from_url(s.events_url, **_redis_kwargs(s))
+        )
+        ctx[CONTROL_REDIS_KEY] = control_redis
         control = ControlChannel(
-            events_redis, s.keys.cancel_channel, s.keys.jobs_channel, outage=events_outage
+            control_redis, s.keys.cancel_channel, s.keys.jobs_channel, outage=events_outage
         )
         control.start()
         metrics = WorkerMetrics()
@@ -147,6 +165,9 @@ def make_worker_settings(settings: Settings | None = None) -> dict[str, Any]:
         await state.publisher.aclose()
         await state.upstream.aclose()
         await state.events_redis.aclose()
+        control_redis = ctx.get(CONTROL_REDIS_KEY)
+        if control_redis is not None and control_redis is not state.events_redis:
+            await control_redis.aclose()
 
     return {
         "functions": [

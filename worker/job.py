@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from arq import Retry
 
 from streamfan import codes, events
+from streamfan.cluster import EventsRedis
 from streamfan.errors import (
     InvalidRequest,
     RedisUnavailable,
@@ -79,7 +80,7 @@ class WorkerState:
     """What every job of this worker process shares (``ctx[STATE_KEY]``)."""
 
     settings: Settings
-    events_redis: aioredis.Redis
+    events_redis: EventsRedis
     queue_redis: aioredis.Redis
     publisher: Publisher
     upstream: Upstream

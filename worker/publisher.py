@@ -24,7 +24,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from streamfan import codes, events, scripts
-from streamfan.errors import RedisRefused, RedisUnavailable, StreamfanError
+from streamfan.cluster import EventsRedis, register
+from streamfan.errors import ConfigError, RedisRefused, RedisUnavailable, StreamfanError
 from streamfan.events import Event
 from streamfan.keys import Keys, Meta
 from streamfan.redis_edge import redis_errors
@@ -82,7 +83,7 @@ def _s(value: Any) -> str:
 class Publisher:
     def __init__(
         self,
-        r: aioredis.Redis,
+        r: EventsRedis,
         settings: Settings,
         *,
         on_round_trip: Callable[[int], None] | None = None,
@@ -97,15 +98,21 @@ class Publisher:
         self.outage = outage or Outage("events Redis")
         self.settings = settings
         self.keys: Keys = settings.keys
-        self._begin = r.register_script(scripts.BEGIN)
-        self._begin_start = r.register_script(BEGIN_START)
-        self._append = r.register_script(scripts.APPEND)
-        self._renew = r.register_script(scripts.RENEW)
+        self._begin = register(r, scripts.BEGIN)
+        self._begin_start = register(r, BEGIN_START)
+        self._append = register(r, scripts.APPEND)
+        self._renew = register(r, scripts.RENEW)
         self.batcher = AppendBatcher(r, settings.maxlen, on_round_trip=on_round_trip)
         self.on_round_trip = on_round_trip
-        self.durability = (
-            DurabilityBarrier(r, settings) if settings.durable_finish != DURABLE_OFF else None
-        )
+        self.durability: DurabilityBarrier | None = None
+        if settings.durable_finish != DURABLE_OFF:
+            if not isinstance(r, aioredis.Redis):
+                # The barrier WAITAOFs on one connection: one node's writes only.
+                raise ConfigError(
+                    "STREAMFAN_DURABLE_FINISH",
+                    "not supported with the event keys on a Redis Cluster",
+                )
+            self.durability = DurabilityBarrier(r, settings)
 
     async def aclose(self) -> None:
         """Stop the batcher (the Redis client is the caller's to close)."""

@@ -37,6 +37,7 @@ import redis.asyncio as aioredis
 from arq.constants import job_key_prefix
 
 from streamfan import codes, events, orphans, scripts
+from streamfan.cluster import EventsRedis, register
 from streamfan.redis_edge import FAILURES, redis_errors
 from streamfan.settings import Settings
 from streamfan.store import now_ms, stream_keys
@@ -56,7 +57,7 @@ class Sweeper:
     def __init__(
         self,
         queue_redis: aioredis.Redis,
-        events_redis: aioredis.Redis,
+        events_redis: EventsRedis,
         settings: Settings,
         queue_outage: Outage,
         events_outage: Outage,
@@ -68,7 +69,7 @@ class Sweeper:
         self.queue_outage = queue_outage
         self.events_outage = events_outage
         self._claim = queue_redis.register_script(orphans.CLAIM_DUE)
-        self._orphan = events_redis.register_script(orphans.ORPHAN)
+        self._orphan = register(events_redis, orphans.ORPHAN)  # SPUBLISH on a cluster
         #: Streams this process ended as orphans (metrics, tests).
         self.orphaned = 0
 

@@ -91,6 +91,33 @@ def test_ingest_measures_cpu_and_round_trips_per_read(tmp_path: Path, redis_url:
     assert data["max_sustained_streams"] >= 0
 
 
+def test_ingest_and_fanout_run_with_the_events_on_a_cluster(tmp_path: Path, redis_url: str) -> None:
+    data = run(
+        "ingest",
+        tmp_path,
+        redis_url,
+        "--redis cluster --streams 6 --rate 50 --warmup 0.5 --window 1",
+    )
+    (row,) = data["rows"]
+    assert row["redis"] == "cluster" and row["redis_nodes"] == 3
+    assert row["chunks"] > 0 and row["redis_commands"]["evalsha"] > 0
+    # One round trip per node a send touches, never more.
+    assert 0 < row["round_trips_per_read"] <= 3
+    data = run(
+        "fanout",
+        tmp_path,
+        redis_url,
+        "--redis cluster --clients 2 --streams 3 --client-procs 1 --min-events 30 "
+        "--max-events 30 --half-seconds 0.5 --fixed-rate 0 --deadline 20",
+    )
+    servers = {r["server"] for r in data["rows"]}
+    assert {"streamfan", "ceiling"} <= servers and "naive" not in servers
+    for r in data["rows"]:
+        assert r["delivered"] == r["expected"] > 0
+        if r["server"] == "streamfan":
+            assert r["redis"] == "cluster" and r["redis_commands_per_event"] > 0
+
+
 def test_memory_measures_rss_with_and_after_connections(tmp_path: Path, redis_url: str) -> None:
     data = run(
         "memory", tmp_path, redis_url, "--connections 20 --streams 3 --client-procs 2 --rounds 1"
@@ -117,6 +144,16 @@ def test_plot_draws_the_fanout_charts(tmp_path: Path, redis_url: str) -> None:
     assert main(["plot", "--results", str(results), "--img", str(img)]) == 0
     for name in ("fanout-throughput.svg", "fanout-latency.svg"):
         assert (img / name).read_text().lstrip().startswith("<?xml")
+
+
+def test_clients_measures_the_append_and_the_sharded_wakeup_on_a_cluster(
+    tmp_path: Path, cluster_url: str
+) -> None:
+    # Only the library the suite installs; coredis and valkey-glide come with .[bench].
+    data = run("clients", tmp_path, cluster_url, "--libs redis-py --appends 50 --messages 200")
+    (row,) = data["rows"]
+    assert row["lib"] == "redis-py"
+    assert row["append_cpu_us"] > 0 and row["wakeup_cpu_us"] > 0
 
 
 def test_durable_measures_the_finish_delay_and_cpu_of_both_modes(tmp_path: Path) -> None:
