@@ -47,7 +47,7 @@ async def test_every_waiting_loop_tries_again_as_soon_as_one_loop_gets_an_answer
     outage = Outage("events Redis")
     outage.failed("append", ConnectionError("refused"))
     waiters = [asyncio.create_task(outage.pause(40)) for _ in range(10)]  # ~1 s each
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # waits-on-time-ok: one turn of the loop, so the waiters start
     outage.ok()
     async with asyncio.timeout(BACKOFF_MAX_S / 4):
         await asyncio.gather(*waiters)
@@ -107,14 +107,14 @@ async def test_stopping_a_task_that_swallowed_its_cancel_still_ends_it() -> None
         # cancel becomes "timed out", and the loop around it goes on.
         while True:
             try:
-                await asyncio.sleep(10)
+                await asyncio.sleep(10)  # waits-on-time-ok: a stand-in read, always cancelled
             except asyncio.CancelledError:
                 if swallowed.is_set():
                     raise
                 swallowed.set()
 
     task = asyncio.create_task(loop_around_a_read())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # waits-on-time-ok: one turn of the loop, so the task starts
     async with asyncio.timeout(2):
         await stop_task(task)
     assert swallowed.is_set() and task.cancelled()
