@@ -98,7 +98,7 @@ async def test_a_body_larger_than_the_buffer_limit_arrives_whole(server: Start) 
         async with up.stream({"model": "m", "messages": []}) as reads:
             async for data in reads:
                 out += data
-                await asyncio.sleep(0)  # waits-on-time-ok: a slow reader; the socket must pause, resume
+                await asyncio.sleep(0)  # waits-on-time-ok: a slow reader (pause, resume)
     finally:
         await up.aclose()
     assert out == piece * count
