@@ -368,7 +368,8 @@ def render(data: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     data = asyncio.run(run(args))
-    print(render(data))
+    # Written before it is rendered: a report bug must not lose a run.
     path = report.write_json("fanout", data, args.out)
+    print(render(data))
     progress(f"wrote {path}")
     return data
